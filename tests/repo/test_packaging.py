@@ -1,0 +1,48 @@
+"""The core installs on its own (for the edge gateway) under the name peergrid_core."""
+
+from __future__ import annotations
+
+from pathlib import Path
+import shutil
+import subprocess
+import sys
+import zipfile
+
+ROOT = Path(__file__).parents[2]
+
+
+def test_wheel_carries_the_core(tmp_path: Path) -> None:
+    """Building the distribution maps the integration's core folder to peergrid_core."""
+    # Build from a copy so that setuptools' build/ and egg-info never land in the checkout.
+    src = tmp_path / "src"
+    shutil.copytree(
+        ROOT,
+        src,
+        ignore=shutil.ignore_patterns(".venv", ".git", "__pycache__", ".*_cache", ".hypothesis"),
+    )
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "--no-build-isolation",
+            "-q",
+            "-w",
+            str(tmp_path / "dist"),
+            str(src),
+        ],
+        check=True,
+        capture_output=True,
+        timeout=300,
+    )
+    (wheel,) = (tmp_path / "dist").glob("peergrid-*.whl")
+    names = set(zipfile.ZipFile(wheel).namelist())
+    assert {
+        "peergrid_core/__init__.py",
+        "peergrid_core/py.typed",
+        "peergrid_core/errors.py",
+    } <= names
+    assert not [n for n in names if n.startswith(("custom_components/", "tests/"))]
+    assert not [n for n in names if n.split("/")[0] == "homeassistant"]
