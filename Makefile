@@ -32,7 +32,7 @@ lint: $(STAMP) ## ruff lint and format check
 
 typecheck: $(STAMP) ## mypy strict on the core and the integration
 	$(VENV)/bin/mypy -p peergrid_core
-	$(VENV)/bin/mypy custom_components/peergrid --exclude 'peergrid_core'
+	$(VENV)/bin/mypy -p custom_components.peergrid
 
 pytest: $(STAMP) ## the test suite with coverage gates
 	$(PY) -m pytest -q --cov --cov-report=term --cov-fail-under=95 $(PYTEST_ARGS)
