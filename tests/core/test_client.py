@@ -32,6 +32,7 @@ from peergrid_core.protocol import (
     NodeState,
     Status,
     TripReason,
+    UnsupportedProtocolError,
 )
 from peergrid_core.protocol.frames import plain_line
 
@@ -237,12 +238,14 @@ async def test_key_expectations_must_agree() -> None:
 
 
 async def test_other_protocol_version_is_refused() -> None:
-    """A node speaking another protocol version is a protocol error."""
+    """A node speaking another protocol version is refused with both versions named."""
     future = FakeNode(key=KEY, proto=2)
     await future.start()
     try:
-        with pytest.raises(PeerGridProtocolError):
+        with pytest.raises(UnsupportedProtocolError) as err:
             await _client(future).connect()
+        assert isinstance(err.value, PeerGridProtocolError)
+        assert (err.value.proto, err.value.supported) == (2, 1)
     finally:
         await future.stop()
 

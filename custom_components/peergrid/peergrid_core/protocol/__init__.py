@@ -13,7 +13,7 @@ from __future__ import annotations
 from .auth import Role, SessionSecrets, SignedSession, key_from_text, new_nonce, validate_key
 from .client import Backoff, ConnectionState, NodeClient
 from .codes import AuthScheme, Capability, ErrorCode, Mode, NodeState, TripReason
-from .errors import CommandRefusedError, FrameError
+from .errors import CommandRefusedError, FrameError, UnsupportedProtocolError
 from .frames import MAX_BODY_BYTES, MAX_LINE_BYTES, JsonObject, JsonValue
 from .messages import (
     DEFAULT_LIMIT_MWH,
@@ -85,6 +85,7 @@ __all__ = [
     "SignedSession",
     "Status",
     "TripReason",
+    "UnsupportedProtocolError",
     "key_from_text",
     "new_nonce",
     "parse_controller_message",

@@ -41,7 +41,7 @@ from ..errors import (  # noqa: TID252 - the core imports itself relatively
 )
 from .auth import Role, SessionSecrets, SignedSession, new_nonce, proofs_match, validate_key
 from .codes import AuthScheme, ErrorCode, Mode
-from .errors import CommandRefusedError, FrameError
+from .errors import CommandRefusedError, FrameError, UnsupportedProtocolError
 from .frames import MAX_LINE_BYTES, JsonObject, decode_body, is_blank, plain_line, strip_line
 from .messages import (
     PROTOCOL_VERSION,
@@ -321,9 +321,7 @@ class NodeClient:
         hello_line = await self._read_handshake_line(reader, "hello")
         hello = self._expect(parse_node_message(decode_body(strip_line(hello_line))), Hello)
         if hello.proto != PROTOCOL_VERSION:
-            raise PeerGridProtocolError(
-                f"node speaks protocol {hello.proto}, this client speaks {PROTOCOL_VERSION}"
-            )
+            raise UnsupportedProtocolError(hello.proto, PROTOCOL_VERSION)
         if hello.auth is AuthScheme.NONE:
             if self._key is not None:
                 raise PeerGridAuthenticationError(

@@ -51,3 +51,13 @@ class CommandRefusedError(PeerGridError):
         self.code = code
         self.message = message
         self.field = field
+
+
+class UnsupportedProtocolError(PeerGridProtocolError):
+    """The node speaks a protocol version this client does not (its firmware is too old or new)."""
+
+    def __init__(self, proto: int, supported: int) -> None:
+        """Keep the node's version and the one this client speaks."""
+        super().__init__(f"node speaks protocol {proto}, this client speaks {supported}")
+        self.proto = proto
+        self.supported = supported
