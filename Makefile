@@ -20,8 +20,9 @@ $(STAMP): requirements/dev.lock
 	$(PY) -m pip install --quiet "uv==$(UV_VERSION)"
 	$(VENV)/bin/uv pip sync --quiet --python $(PY) requirements/dev.lock
 	@# Development install of the repository's import roots (what an editable
-	@# install would do, but visible to mypy as well).
-	$(PY) -c 'import pathlib, sysconfig; root = pathlib.Path.cwd(); pathlib.Path(sysconfig.get_paths()["purelib"], "peergrid-dev.pth").write_text("".join(f"{p}\n" for p in (root, root / "custom_components/peergrid", root / "firmware")))'
+	@# install would do, but visible to mypy as well); peergrid_core is reached
+	@# through the repository root's link to the integration's core folder.
+	$(PY) -c 'import pathlib, sysconfig; root = pathlib.Path.cwd(); pathlib.Path(sysconfig.get_paths()["purelib"], "peergrid-dev.pth").write_text("".join(f"{p}\n" for p in (root, root / "firmware")))'
 	@touch $@
 
 venv: $(STAMP) ## create or refresh the virtual environment

@@ -43,7 +43,7 @@ sys.exit(pytest.main([
 
 def test_core_and_its_tests_import_without_home_assistant() -> None:
     """Import every core module and collect tests/core with homeassistant blocked."""
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), str(CORE.parent)])}
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "firmware")])}
     result = subprocess.run(
         [sys.executable, "-c", _PROBE],
         cwd=ROOT,
