@@ -13,7 +13,7 @@ from __future__ import annotations
 from .auth import Role, SessionSecrets, SignedSession, key_from_text, new_nonce, validate_key
 from .client import Backoff, ConnectionState, NodeClient
 from .codes import AuthScheme, Capability, ErrorCode, Mode, NodeState, TripReason
-from .errors import CommandRefusedError, FrameError, UnsupportedProtocolError
+from .errors import CommandRefusedError, FrameError, NotPeerGridNodeError, UnsupportedProtocolError
 from .frames import MAX_BODY_BYTES, MAX_LINE_BYTES, JsonObject, JsonValue
 from .messages import (
     DEFAULT_LIMIT_MWH,
@@ -40,8 +40,10 @@ from .messages import (
     SetConfig,
     Status,
     parse_controller_message,
+    parse_hello,
     parse_node_message,
 )
+from .probe import probe_node, validate_node
 
 __all__ = [
     "DEFAULT_LIMIT_MWH",
@@ -77,6 +79,7 @@ __all__ = [
     "NodeMessage",
     "NodePush",
     "NodeState",
+    "NotPeerGridNodeError",
     "Ping",
     "Pong",
     "Role",
@@ -89,6 +92,9 @@ __all__ = [
     "key_from_text",
     "new_nonce",
     "parse_controller_message",
+    "parse_hello",
     "parse_node_message",
+    "probe_node",
     "validate_key",
+    "validate_node",
 ]

@@ -41,7 +41,7 @@ from ..errors import (  # noqa: TID252 - the core imports itself relatively
 )
 from .auth import Role, SessionSecrets, SignedSession, new_nonce, proofs_match, validate_key
 from .codes import AuthScheme, ErrorCode, Mode
-from .errors import CommandRefusedError, FrameError, UnsupportedProtocolError
+from .errors import CommandRefusedError, FrameError
 from .frames import MAX_LINE_BYTES, JsonObject, decode_body, is_blank, plain_line, strip_line
 from .messages import (
     PROTOCOL_VERSION,
@@ -62,6 +62,7 @@ from .messages import (
     Pong,
     SetConfig,
     Status,
+    parse_hello,
     parse_node_message,
 )
 
@@ -319,9 +320,9 @@ class NodeClient:
         self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
     ) -> _Connection:
         hello_line = await self._read_handshake_line(reader, "hello")
-        hello = self._expect(parse_node_message(decode_body(strip_line(hello_line))), Hello)
-        if hello.proto != PROTOCOL_VERSION:
-            raise UnsupportedProtocolError(hello.proto, PROTOCOL_VERSION)
+        # The version is checked before the rest of the hello, whose fields
+        # another version may spell differently.
+        hello = parse_hello(hello_line)
         if hello.auth is AuthScheme.NONE:
             if self._key is not None:
                 raise PeerGridAuthenticationError(

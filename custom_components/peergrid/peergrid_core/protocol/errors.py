@@ -53,11 +53,22 @@ class CommandRefusedError(PeerGridError):
         self.field = field
 
 
-class UnsupportedProtocolError(PeerGridProtocolError):
-    """The node speaks a protocol version this client does not (its firmware is too old or new)."""
+class NotPeerGridNodeError(PeerGridProtocolError):
+    """The device answered, but its first line is not a PeerGrid hello."""
 
-    def __init__(self, proto: int, supported: int) -> None:
-        """Keep the node's version and the one this client speaks."""
-        super().__init__(f"node speaks protocol {proto}, this client speaks {supported}")
+
+class UnsupportedProtocolError(PeerGridProtocolError):
+    """A PeerGrid node that speaks a protocol version this core does not.
+
+    ``proto`` is the version the node announced, ``supported`` the one this
+    core speaks, and ``uid`` the node's identity when its hello carried a
+    readable one (a later version may spell it differently).
+    """
+
+    def __init__(self, proto: int, supported: int, uid: str | None = None) -> None:
+        """Keep both versions and the node's uid beside the message."""
+        who = f"node {uid}" if uid else "the node"
+        super().__init__(f"{who} speaks protocol {proto}, this controller speaks {supported}")
         self.proto = proto
         self.supported = supported
+        self.uid = uid

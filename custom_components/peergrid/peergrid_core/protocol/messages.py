@@ -12,6 +12,7 @@ Field names follow the wire except where an alias reads better in Python
 
 from __future__ import annotations
 
+import re
 from typing import Annotated, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, Strict, ValidationError, model_validator
@@ -19,8 +20,8 @@ from pydantic_core import PydanticCustomError
 
 from ..units import MilliAmps, MilliVolts, MilliWattHours, MilliWatts, PerMille  # noqa: TID252 - the core imports itself relatively
 from .codes import AuthScheme, Capability, ErrorCode, Mode, NodeState, TripReason
-from .errors import FrameError
-from .frames import JsonObject
+from .errors import FrameError, NotPeerGridNodeError, UnsupportedProtocolError
+from .frames import JsonObject, decode_body, strip_line
 
 PROTOCOL_VERSION = 1
 """The protocol version this module speaks."""
@@ -359,3 +360,39 @@ def parse_controller_message(body: JsonObject) -> ControllerMessage:
     Raises :class:`FrameError` with ``unknown_type`` or ``bad_request``.
     """
     return _parse(_CONTROLLER_TYPES, body)
+
+
+_READABLE_UID = re.compile(r"[A-Za-z0-9_-]{1,32}")
+
+
+def parse_hello(line: bytes) -> Hello:
+    """Parse a node's first line (with or without its LF) into a :class:`Hello`.
+
+    The version is checked before the rest of the hello is validated, so a
+    node of another protocol version is reported as such even when its hello
+    has other fields than version 1's.
+
+    Raises :class:`UnsupportedProtocolError` for a hello of another version
+    and :class:`NotPeerGridNodeError` for anything that is not a valid hello.
+    """
+    try:
+        body = decode_body(strip_line(line))
+    except FrameError as err:
+        raise NotPeerGridNodeError(f"first line is not a PeerGrid frame ({err.code})") from err
+    if body.get("t") != Hello.type_name:
+        raise NotPeerGridNodeError("first line is not a PeerGrid hello")
+    proto = body.get("proto")
+    # bool is an int subclass; the wire's integers never are booleans.
+    if type(proto) is not int:
+        raise NotPeerGridNodeError("hello without an integer protocol version")
+    if proto != PROTOCOL_VERSION:
+        uid = body.get("uid")
+        # Only a well-formed uid is worth repeating; the rest came off the network.
+        readable = uid if isinstance(uid, str) and _READABLE_UID.fullmatch(uid) else None
+        raise UnsupportedProtocolError(proto, PROTOCOL_VERSION, readable)
+    try:
+        return Hello.model_validate(body)
+    except ValidationError as err:
+        first = err.errors()[0]
+        where = ".".join(str(part) for part in first["loc"]) or "hello"
+        raise NotPeerGridNodeError(f"invalid hello: {where}: {first['msg']}") from err

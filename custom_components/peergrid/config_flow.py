@@ -1,0 +1,238 @@
+"""Config flow for PeerGrid: add a node by hand or from DHCP, reauthenticate, reconfigure.
+
+A node entry holds how to reach one node and its key: ``{kind: "node", host,
+port, key}``. Its unique id is the node's ``uid`` from the hello, so the same
+node cannot be added twice and a node that moves to another address is
+recognised. Nothing is stored until a real connection has shown both that the
+node accepts the key and that the node holds the same key.
+
+Gateway entries (``EntryKind.GATEWAY``, found over zeroconf as
+``_peergrid._tcp``) are planned to join as their own steps beside these; every
+step here makes or edits node entries only.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from homeassistant.config_entries import ConfigFlow, ConfigFlowResult
+from homeassistant.const import CONF_HOST, CONF_PORT
+from homeassistant.core import callback
+from homeassistant.helpers import config_validation as cv
+from homeassistant.helpers.selector import TextSelector, TextSelectorConfig, TextSelectorType
+from homeassistant.helpers.service_info.dhcp import DhcpServiceInfo
+import voluptuous as vol
+
+from .const import CONF_KEY, CONF_KIND, DOMAIN, LOGGER, EntryKind
+from .peergrid_core.errors import (
+    PeerGridAuthenticationError,
+    PeerGridConnectionError,
+    PeerGridProtocolError,
+    PeerGridValidationError,
+)
+from .peergrid_core.protocol import (
+    DEFAULT_PORT,
+    Hello,
+    NotPeerGridNodeError,
+    UnsupportedProtocolError,
+    probe_node,
+    validate_node,
+)
+
+_KEY_SELECTOR = TextSelector(TextSelectorConfig(type=TextSelectorType.PASSWORD))
+
+NODE_SCHEMA = vol.Schema(
+    {
+        vol.Required(CONF_HOST): TextSelector(),
+        vol.Required(CONF_PORT, default=DEFAULT_PORT): cv.port,
+        vol.Required(CONF_KEY): _KEY_SELECTOR,
+    }
+)
+"""Where a node is and its key: the user and reconfigure steps."""
+
+KEY_SCHEMA = vol.Schema({vol.Required(CONF_KEY): _KEY_SELECTOR})
+"""Only the key: the node's address is already known (discovery, reauth)."""
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class _DiscoveredNode:
+    """A node found by DHCP whose hello was read, waiting for its key."""
+
+    host: str
+    port: int
+    uid: str
+
+
+async def _async_try_node(host: str, port: int, key: str, errors: dict[str, str]) -> Hello | None:
+    """Connect and authenticate; return the node's hello, or record why not in ``errors``.
+
+    ``errors`` uses the translation keys of the ``config.error`` section,
+    under the form field they concern or ``base``.
+    """
+    try:
+        return await validate_node(host, port, key)
+    except PeerGridValidationError:
+        # The schemas bound host and port, so the key is the one input left
+        # that validate_node can refuse before connecting.
+        errors[CONF_KEY] = "invalid_key"
+    except PeerGridAuthenticationError:
+        errors[CONF_KEY] = "invalid_auth"
+    except UnsupportedProtocolError:
+        errors["base"] = "unsupported_protocol"
+    except NotPeerGridNodeError:
+        errors["base"] = "not_peergrid_node"
+    except (PeerGridConnectionError, PeerGridProtocolError) as err:
+        # A protocol error after a valid hello is a node failing mid-handshake;
+        # for the user that is a node that cannot be reached properly.
+        LOGGER.debug("Cannot connect to PeerGrid node at %s:%s: %s", host, port, err)
+        errors["base"] = "cannot_connect"
+    except Exception:  # noqa: BLE001 - the form must show 'unknown', not crash
+        LOGGER.exception("Unexpected error while checking PeerGrid node at %s:%s", host, port)
+        errors["base"] = "unknown"
+    return None
+
+
+class PeerGridConfigFlow(ConfigFlow, domain=DOMAIN):
+    """Add PeerGrid nodes, and keep their address and key up to date."""
+
+    VERSION = 1
+    MINOR_VERSION = 1
+
+    _discovered: _DiscoveredNode
+    """Set by the DHCP step before it hands over to ``discovery_confirm``."""
+
+    async def async_step_user(self, user_input: dict[str, Any] | None = None) -> ConfigFlowResult:
+        """Ask for a node's address and key, check them, add the node."""
+        errors: dict[str, str] = {}
+        if user_input is not None:
+            host: str = user_input[CONF_HOST].strip()
+            port: int = user_input[CONF_PORT]
+            key: str = user_input[CONF_KEY]
+            if (hello := await _async_try_node(host, port, key, errors)) is not None:
+                # The user asked for this node by name: finish even while a
+                # discovery of it waits (that flow is aborted once we create it).
+                await self.async_set_unique_id(hello.uid, raise_on_progress=False)
+                self._abort_if_unique_id_configured()
+                return self._async_create_node_entry(hello, host=host, port=port, key=key)
+        return self.async_show_form(
+            step_id="user",
+            data_schema=self.add_suggested_values_to_schema(NODE_SCHEMA, user_input or {}),
+            errors=errors,
+        )
+
+    async def async_step_dhcp(self, discovery_info: DhcpServiceInfo) -> ConfigFlowResult:
+        """A device named ``peergrid-*`` joined the network: read its hello.
+
+        The hello names the node without a key. A node that is already
+        configured gets its new address (and is reloaded); a new one is
+        offered to the user, who confirms with its key.
+        """
+        host = discovery_info.ip
+        try:
+            hello = await probe_node(host, DEFAULT_PORT)
+        except UnsupportedProtocolError as err:
+            LOGGER.debug("Discovered %s (%s): %s", discovery_info.hostname, host, err)
+            return self.async_abort(reason="unsupported_protocol")
+        except PeerGridProtocolError as err:
+            LOGGER.debug("Discovered %s (%s) is no node: %s", discovery_info.hostname, host, err)
+            return self.async_abort(reason="not_peergrid_node")
+        except PeerGridConnectionError as err:
+            LOGGER.debug(
+                "Discovered %s (%s) did not answer: %s", discovery_info.hostname, host, err
+            )
+            return self.async_abort(reason="cannot_connect")
+        await self.async_set_unique_id(hello.uid)
+        # The node just answered on the default port at this address, so both
+        # are right for a known node whose address changed.
+        self._abort_if_unique_id_configured(updates={CONF_HOST: host, CONF_PORT: DEFAULT_PORT})
+        self._discovered = _DiscoveredNode(host=host, port=DEFAULT_PORT, uid=hello.uid)
+        self.context["title_placeholders"] = {"name": hello.uid, "host": host}
+        return await self.async_step_discovery_confirm()
+
+    async def async_step_discovery_confirm(
+        self, user_input: dict[str, Any] | None = None
+    ) -> ConfigFlowResult:
+        """Ask for the key of a discovered node, check it, add the node."""
+        node = self._discovered
+        errors: dict[str, str] = {}
+        if user_input is not None:
+            key: str = user_input[CONF_KEY]
+            if (hello := await _async_try_node(node.host, node.port, key, errors)) is not None:
+                if hello.uid != node.uid:
+                    # The address was handed to another node since discovery.
+                    return self.async_abort(
+                        reason="unique_id_mismatch", description_placeholders={"uid": hello.uid}
+                    )
+                return self._async_create_node_entry(hello, host=node.host, port=node.port, key=key)
+        return self.async_show_form(
+            step_id="discovery_confirm",
+            data_schema=KEY_SCHEMA,
+            errors=errors,
+            description_placeholders={"name": node.uid, "host": node.host},
+        )
+
+    async def async_step_reauth(self, entry_data: Mapping[str, Any]) -> ConfigFlowResult:
+        """The node refused the stored key: ask for the current one."""
+        return await self.async_step_reauth_confirm()
+
+    async def async_step_reauth_confirm(
+        self, user_input: dict[str, Any] | None = None
+    ) -> ConfigFlowResult:
+        """Check a new key against the entry's node and store it."""
+        entry = self._get_reauth_entry()
+        errors: dict[str, str] = {}
+        if user_input is not None:
+            key: str = user_input[CONF_KEY]
+            hello = await _async_try_node(entry.data[CONF_HOST], entry.data[CONF_PORT], key, errors)
+            if hello is not None:
+                await self._async_abort_if_other_node(hello)
+                return self.async_update_reload_and_abort(entry, data_updates={CONF_KEY: key})
+        return self.async_show_form(
+            step_id="reauth_confirm",
+            data_schema=KEY_SCHEMA,
+            errors=errors,
+            description_placeholders={"name": entry.title},
+        )
+
+    async def async_step_reconfigure(
+        self, user_input: dict[str, Any] | None = None
+    ) -> ConfigFlowResult:
+        """Change the address or the key of a node; it must remain the same node."""
+        entry = self._get_reconfigure_entry()
+        errors: dict[str, str] = {}
+        if user_input is not None:
+            host: str = user_input[CONF_HOST].strip()
+            port: int = user_input[CONF_PORT]
+            key: str = user_input[CONF_KEY]
+            if (hello := await _async_try_node(host, port, key, errors)) is not None:
+                await self._async_abort_if_other_node(hello)
+                return self.async_update_reload_and_abort(
+                    entry, data_updates={CONF_HOST: host, CONF_PORT: port, CONF_KEY: key}
+                )
+        return self.async_show_form(
+            step_id="reconfigure",
+            data_schema=self.add_suggested_values_to_schema(NODE_SCHEMA, user_input or entry.data),
+            errors=errors,
+            description_placeholders={"name": entry.title},
+        )
+
+    async def _async_abort_if_other_node(self, hello: Hello) -> None:
+        """Abort a reauth or reconfigure that reached a different node than its entry's."""
+        # The entry is being edited, so a discovery of the same node waiting
+        # elsewhere must not stop this flow.
+        await self.async_set_unique_id(hello.uid, raise_on_progress=False)
+        self._abort_if_unique_id_mismatch(
+            reason="unique_id_mismatch", description_placeholders={"uid": hello.uid}
+        )
+
+    @callback
+    def _async_create_node_entry(
+        self, hello: Hello, *, host: str, port: int, key: str
+    ) -> ConfigFlowResult:
+        """The entry of a checked node, named after its uid."""
+        return self.async_create_entry(
+            title=hello.uid,
+            data={CONF_KIND: EntryKind.NODE, CONF_HOST: host, CONF_PORT: port, CONF_KEY: key},
+        )
