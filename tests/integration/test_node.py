@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
 import logging
 
 from homeassistant.components.select import (
@@ -25,8 +26,10 @@ from homeassistant.const import (
 from homeassistant.core import HomeAssistant, State
 from homeassistant.exceptions import HomeAssistantError
 from homeassistant.helpers import device_registry as dr, issue_registry as ir
+from homeassistant.setup import async_setup_component
 import pytest
 from pytest_homeassistant_custom_component.common import MockConfigEntry, mock_restore_cache
+from pytest_homeassistant_custom_component.typing import WebSocketGenerator
 
 from custom_components.peergrid.const import CONF_KEY, CONF_KIND, DOMAIN, EntryKind
 from custom_components.peergrid.peergrid_core.errors import PeerGridProtocolError
@@ -414,3 +417,63 @@ async def test_protocol_failure_during_a_command_is_translated(
         await _select(hass, "discharge")
     assert err.value.translation_key == "communication_error"
     assert not sim_grid.nodes["NODE_A"].physical.supply_closed
+
+
+async def test_push_first_with_a_slow_fallback_poll(
+    hass: HomeAssistant, sim_grid: SimulatedGrid, node_a_entry: MockConfigEntry
+) -> None:
+    """The node pushes; the coordinator only polls every five minutes as a fallback."""
+    await setup_entry(hass, node_a_entry)
+    coordinator = node_a_entry.runtime_data
+    assert coordinator.update_interval == timedelta(minutes=5)
+    before = coordinator.data.status
+    # A push arrives without any poll: the node reports its status on its own.
+    await wait_until(hass, lambda: coordinator.data.status is not before, max_wait=20)
+
+
+async def test_unload_removes_every_subscription(
+    hass: HomeAssistant, sim_grid: SimulatedGrid, node_a_entry: MockConfigEntry
+) -> None:
+    """After unload, node pushes no longer reach Home Assistant and the session is closed."""
+    await setup_entry(hass, node_a_entry)
+    coordinator = node_a_entry.runtime_data
+    updates: list[object] = []
+    coordinator.async_add_listener(lambda: updates.append(coordinator.data))
+
+    assert await hass.config_entries.async_unload(node_a_entry.entry_id)
+    await hass.async_block_till_done()
+    updates.clear()
+    await sim_grid.sleep(6)  # longer than the node's push period
+    assert updates == []
+    assert not coordinator.client.connected
+
+
+async def test_only_stale_devices_can_be_removed(
+    hass: HomeAssistant,
+    hass_ws_client: WebSocketGenerator,
+    sim_grid: SimulatedGrid,
+    node_a_entry: MockConfigEntry,
+    device_registry: dr.DeviceRegistry,
+) -> None:
+    """The user may delete a device the node no longer is, never the live node."""
+    assert await async_setup_component(hass, "config", {})
+    await setup_entry(hass, node_a_entry)
+    live = device_registry.async_get_device(identifiers={(DOMAIN, "NODE_A")})
+    assert live is not None
+    stale = device_registry.async_get_or_create(
+        config_entry_id=node_a_entry.entry_id, identifiers={(DOMAIN, "GONE")}
+    )
+    client = await hass_ws_client(hass)
+
+    for device, allowed in ((live, False), (stale, True)):
+        await client.send_json_auto_id(
+            {
+                "type": "config/device_registry/remove_config_entry",
+                "config_entry_id": node_a_entry.entry_id,
+                "device_id": device.id,
+            }
+        )
+        response = await client.receive_json()
+        assert response["success"] is allowed
+    assert device_registry.async_get(live.id) is not None
+    assert device_registry.async_get(stale.id) is None

@@ -6,6 +6,7 @@ test is what keeps the file honest.
 
 from __future__ import annotations
 
+import ast
 from pathlib import Path
 from typing import Any
 
@@ -116,3 +117,66 @@ def test_rule_shape(rule: str) -> None:
     if status == "exempt":
         assert comment, f"{rule} is exempt without a reason"
         assert rule not in NEVER_EXEMPT, f"{rule} cannot be exempt for PeerGrid"
+
+
+# Re-implementations of the cheap checks Home Assistant core runs on its own
+# integrations (hassfest skips them for custom ones).
+INTEGRATION = QUALITY_SCALE.parent
+PLATFORM_MODULES = ["select.py", "sensor.py", "switch.py"]
+
+
+def _tree(name: str) -> ast.Module:
+    return ast.parse((INTEGRATION / name).read_text(encoding="utf-8"))
+
+
+@pytest.mark.parametrize("module", PLATFORM_MODULES)
+def test_parallel_updates_on_every_platform(module: str) -> None:
+    """parallel-updates: each platform sets PARALLEL_UPDATES (0 read-only, 1 for relays)."""
+    assigned = {
+        target.id: node.value
+        for node in _tree(module).body
+        if isinstance(node, ast.Assign)
+        for target in node.targets
+        if isinstance(target, ast.Name)
+    }
+    value = assigned["PARALLEL_UPDATES"]
+    assert isinstance(value, ast.Constant)
+    assert value.value == (0 if module == "sensor.py" else 1)
+
+
+def test_common_modules_and_entity_name() -> None:
+    """common-modules and has-entity-name: coordinator.py, entity.py with has_entity_name."""
+    assert (INTEGRATION / "coordinator.py").exists()
+    source = (INTEGRATION / "entity.py").read_text(encoding="utf-8")
+    assert "_attr_has_entity_name = True" in source
+
+
+def test_runtime_data_and_typed_entries() -> None:
+    """runtime-data: entries carry their coordinator in runtime_data, typed everywhere."""
+    for path in INTEGRATION.glob("*.py"):
+        source = path.read_text(encoding="utf-8")
+        assert "hass.data[DOMAIN]" not in source, path.name
+        for node in ast.walk(ast.parse(source)):
+            if isinstance(node, ast.AsyncFunctionDef) and node.name in {
+                "async_setup_entry",
+                "async_unload_entry",
+                "async_get_config_entry_diagnostics",
+            }:
+                entry = next(a for a in node.args.args if a.arg == "entry")
+                assert ast.unparse(entry.annotation or ast.Constant(None)) == "PeerGridConfigEntry"
+    assert "entry.runtime_data = coordinator" in (INTEGRATION / "__init__.py").read_text()
+
+
+def test_icons_only_from_icons_json() -> None:
+    """icon-translations: no icon is set in Python."""
+    for path in INTEGRATION.glob("*.py"):
+        source = path.read_text(encoding="utf-8")
+        assert "_attr_icon" not in source, path.name
+        assert "icon=" not in source, path.name
+
+
+def test_no_actions_registered_in_setup_entry() -> None:
+    """action-setup: no action is registered while setting up an entry."""
+    for node in ast.walk(_tree("__init__.py")):
+        if isinstance(node, ast.AsyncFunctionDef) and node.name == "async_setup_entry":
+            assert "async_register" not in ast.unparse(node)
