@@ -1,0 +1,1 @@
+"""Tests of the node firmware (firmware/peergrid_node) on CPython and MicroPython."""
