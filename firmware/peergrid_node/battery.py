@@ -40,8 +40,14 @@ OCV_TABLE = (
 MS_PER_HOUR = 3600000
 
 
-def soc_pm(mv, ma, r_mohm=150):
-    """State of charge in per mille from terminal ``mv`` and cell ``ma``."""
+def soc_pm(mv, ma, r_mohm=50):
+    """State of charge in per mille from the cell-side voltage ``mv`` and cell ``ma``.
+
+    ``mv`` is bus + shunt voltage, measured on the cell's side of the 0.1 ohm
+    shunt, so ``r_mohm`` is only what lies between the cell's open-circuit
+    voltage and that point: the cell itself, its holder and protection board
+    (about 50 mOhm), not the shunt.
+    """
     ocv = mv + (ma * r_mohm) // 1000
     if ocv <= OCV_TABLE[0][1]:
         return 0

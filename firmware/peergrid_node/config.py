@@ -50,7 +50,7 @@ DEFAULTS = {
         "supply_min_ma": 0,
         "supply_settle_ms": 3000,
     },
-    "r_internal_mohm": 150,
+    "r_internal_mohm": 50,
     "watchdog_ms": 8000,
 }
 

@@ -103,7 +103,7 @@ async def test_nodes_start_greet_and_stop_cleanly() -> None:
             assert hello["t"] == "hello"
             assert hello["uid"] == uid
             assert hello["auth"] == "hmac-sha256"
-            assert hello["reset"] == "PWRON_RESET"
+            assert hello["reset"] == "power_on"
             state = node.physical
             assert state.powered
             assert state.mode is PhysicalMode.IDLE
@@ -222,7 +222,7 @@ async def test_killed_node_keeps_its_battery_and_address() -> None:
         assert node_a.port == port
         hello = await _hello(node_a.host, node_a.port)
         assert hello["uid"] == "NODE_A"
-        assert hello["reset"] == "HARD_RESET"
+        assert hello["reset"] == "hard"
         assert node_a.boots == 2
         assert node_a.physical.soc_percent == pytest.approx(stopped.soc_percent, abs=0.01)
         async with _client(grid, "NODE_A") as client:
@@ -434,4 +434,4 @@ async def test_a_stopped_grid_can_start_again_with_its_batteries() -> None:
         assert node.boots == 2
         assert node.physical.soc_percent == pytest.approx(soc, abs=0.01)
         hello = await _hello(node.host, node.port)
-        assert hello["reset"] == "HARD_RESET"
+        assert hello["reset"] == "hard"

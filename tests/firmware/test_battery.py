@@ -16,8 +16,9 @@ def test_soc_table_ends() -> None:
 
 
 def test_soc_compensates_the_internal_resistance() -> None:
-    """Under 1.5 A through 150 mOhm the cell reads 225 mV low; the estimate does not."""
-    assert soc_pm(3760 - 225, 1500) == soc_pm(3760, 0) == 500
+    """Under 1.5 A through the default 50 mOhm the cell reads 75 mV low; the estimate does not."""
+    assert soc_pm(3760 - 75, 1500) == soc_pm(3760, 0) == 500
+    assert soc_pm(3760 - 225, 1500, r_mohm=150) == 500
 
 
 @settings(max_examples=200)

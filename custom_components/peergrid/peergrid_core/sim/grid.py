@@ -447,7 +447,7 @@ class SimulatedGrid:
             node=node.physics,
             clock=self.clock,
             fw_version=self._fw_version or "unknown",
-            reset_cause="PWRON_RESET" if node.boots == 0 else "HARD_RESET",
+            reset_cause="power_on" if node.boots == 0 else "hard",
             # A new stream per boot: a rebooted node must not repeat its nonces.
             seed=None if self.seed is None else f"{self.seed}/boot{node.boots}",
             noise_volts=noise_volts,

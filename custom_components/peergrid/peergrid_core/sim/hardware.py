@@ -185,7 +185,7 @@ class SimHardware:
         noise_volts: float = 0.002,
         noise_amps: float = 0.002,
         rssi_dbm: int = -58,
-        reset_cause: str = "PWRON_RESET",
+        reset_cause: str = "power_on",
     ) -> None:
         """Build the hardware of ``node``.
 
@@ -197,7 +197,7 @@ class SimHardware:
         self.clock = clock
         self.fw_version = fw_version
         self.reset_cause = reset_cause
-        """Why the (virtual) ESP32 last booted, in ``machine.reset_cause()`` terms."""
+        """Why the (virtual) ESP32 last booted, in the protocol's words (``power_on``, ``hard``)."""
         self.ina219_addr = ina219_addr
         self._seeded = seed is not None
         self._rng = random.Random(f"{seed}/{node.uid}/hw") if seed is not None else random.Random()
