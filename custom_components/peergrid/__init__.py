@@ -2,26 +2,44 @@
 
 from __future__ import annotations
 
+from homeassistant.config_entries import SOURCE_SYSTEM
 from homeassistant.const import EVENT_HOMEASSISTANT_STOP, Platform
 from homeassistant.core import Event, HomeAssistant
 from homeassistant.helpers import config_validation as cv, device_registry as dr
 from homeassistant.helpers.typing import ConfigType
 
-from .const import DOMAIN
+from .const import CONF_KIND, DOMAIN, GRID_UNIQUE_ID, EntryKind
 from .coordinator import PeerGridConfigEntry, PeerGridNodeCoordinator
+from .grid import DATA_GRID, PeerGridGrid
+from .services import async_setup_services
 
 PLATFORMS: list[Platform] = [Platform.SELECT, Platform.SENSOR, Platform.SWITCH]
+GRID_PLATFORMS: list[Platform] = [Platform.SENSOR]
 
 CONFIG_SCHEMA = cv.config_entry_only_config_schema(DOMAIN)
 
 
 async def async_setup(hass: HomeAssistant, config: ConfigType) -> bool:
-    """Set up PeerGrid; nodes and gateways are added as config entries."""
+    """Set up the grid (transfers, history) and PeerGrid's actions."""
+    grid = PeerGridGrid(hass)
+    await grid.async_load()
+    hass.data[DATA_GRID] = grid
+    async_setup_services(hass)
+
+    async def _async_stop_transfers(event: Event) -> None:
+        await grid.async_shutdown()
+
+    hass.bus.async_listen_once(EVENT_HOMEASSISTANT_STOP, _async_stop_transfers)
     return True
 
 
 async def async_setup_entry(hass: HomeAssistant, entry: PeerGridConfigEntry) -> bool:
-    """Connect to the entry's node, then add its device and entities."""
+    """Set up a node (connect, device, entities) or the grid entry (grid-wide sensors)."""
+    if entry.data[CONF_KIND] == EntryKind.GRID:
+        await hass.config_entries.async_forward_entry_setups(entry, GRID_PLATFORMS)
+        entry.async_on_unload(entry.add_update_listener(_async_options_updated))
+        return True
+
     coordinator = PeerGridNodeCoordinator(hass, entry)
     try:
         await coordinator.async_config_entry_first_refresh()
@@ -41,13 +59,20 @@ async def async_setup_entry(hass: HomeAssistant, entry: PeerGridConfigEntry) -> 
         hass.bus.async_listen_once(EVENT_HOMEASSISTANT_STOP, _async_release_on_stop)
     )
     await hass.config_entries.async_forward_entry_setups(entry, PLATFORMS)
+    entry.async_on_unload(hass.data[DATA_GRID].async_register_node(coordinator))
+    _ensure_grid_entry(hass)
     return True
 
 
 async def async_unload_entry(hass: HomeAssistant, entry: PeerGridConfigEntry) -> bool:
-    """Unload the entities, leave the node IDLE and close the session."""
+    """Unload the entities; a node is left IDLE and its session closed."""
+    if entry.data[CONF_KIND] == EntryKind.GRID:
+        return await hass.config_entries.async_unload_platforms(entry, GRID_PLATFORMS)
     unloaded = await hass.config_entries.async_unload_platforms(entry, PLATFORMS)
     if unloaded:
+        grid = hass.data[DATA_GRID]
+        if (record := grid.active_transfer(entry.runtime_data.uid)) is not None:
+            await grid.async_stop_transfers(record.transfer_id)
         await entry.runtime_data.async_shutdown()
     return unloaded
 
@@ -55,8 +80,29 @@ async def async_unload_entry(hass: HomeAssistant, entry: PeerGridConfigEntry) ->
 async def async_remove_config_entry_device(
     hass: HomeAssistant, entry: PeerGridConfigEntry, device: dr.DeviceEntry
 ) -> bool:
-    """Let the user remove a device only if it is not the entry's live node."""
+    """Let the user remove a device only if it is not the entry's live node (or the grid)."""
+    if entry.data[CONF_KIND] == EntryKind.GRID:
+        return (DOMAIN, GRID_UNIQUE_ID) not in device.identifiers
     return (DOMAIN, entry.runtime_data.uid) not in device.identifiers
+
+
+async def _async_options_updated(hass: HomeAssistant, entry: PeerGridConfigEntry) -> None:
+    """New thresholds apply to the next plan; the grid's sensors show them at once."""
+    hass.data[DATA_GRID].async_notify()
+
+
+def _ensure_grid_entry(hass: HomeAssistant) -> None:
+    """Create the grid entry (grid-wide settings and sensors) with the first node."""
+    if any(
+        entry.data.get(CONF_KIND) == EntryKind.GRID
+        for entry in hass.config_entries.async_entries(DOMAIN, include_ignore=True)
+    ):
+        return
+    hass.async_create_task(
+        hass.config_entries.flow.async_init(
+            DOMAIN, context={"source": SOURCE_SYSTEM}, data={CONF_KIND: EntryKind.GRID}
+        )
+    )
 
 
 def _remove_stale_devices(hass: HomeAssistant, entry: PeerGridConfigEntry, uid: str) -> None:

@@ -6,9 +6,10 @@ node cannot be added twice and a node that moves to another address is
 recognised. Nothing is stored until a real connection has shown both that the
 node accepts the key and that the node holds the same key.
 
-Gateway entries (``EntryKind.GATEWAY``, found over zeroconf as
-``_peergrid._tcp``) are planned to join as their own steps beside these; every
-step here makes or edits node entries only.
+The grid entry (``EntryKind.GRID``, one per installation) is created by the
+integration itself with the first node; its options are the auto-balance
+thresholds. Gateway entries (``EntryKind.GATEWAY``, found over zeroconf as
+``_peergrid._tcp``) are planned to join as their own steps beside these.
 """
 
 from __future__ import annotations
@@ -17,15 +18,22 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from homeassistant.config_entries import ConfigFlow, ConfigFlowResult
+from homeassistant.config_entries import ConfigEntry, ConfigFlow, ConfigFlowResult, OptionsFlow
 from homeassistant.const import CONF_HOST, CONF_PORT
 from homeassistant.core import callback
 from homeassistant.helpers import config_validation as cv
-from homeassistant.helpers.selector import TextSelector, TextSelectorConfig, TextSelectorType
+from homeassistant.helpers.selector import (
+    NumberSelector,
+    NumberSelectorConfig,
+    NumberSelectorMode,
+    TextSelector,
+    TextSelectorConfig,
+    TextSelectorType,
+)
 from homeassistant.helpers.service_info.dhcp import DhcpServiceInfo
 import voluptuous as vol
 
-from .const import CONF_KEY, CONF_KIND, DOMAIN, LOGGER, EntryKind
+from .const import CONF_KEY, CONF_KIND, DOMAIN, GRID_UNIQUE_ID, LOGGER, EntryKind
 from .peergrid_core.errors import (
     PeerGridAuthenticationError,
     PeerGridConnectionError,
@@ -40,6 +48,7 @@ from .peergrid_core.protocol import (
     probe_node,
     validate_node,
 )
+from .peergrid_core.thresholds import THRESHOLD_RANGES, BalanceThresholds
 
 _KEY_SELECTOR = TextSelector(TextSelectorConfig(type=TextSelectorType.PASSWORD))
 
@@ -102,6 +111,24 @@ class PeerGridConfigFlow(ConfigFlow, domain=DOMAIN):
 
     _discovered: _DiscoveredNode
     """Set by the DHCP step before it hands over to ``discovery_confirm``."""
+
+    @staticmethod
+    @callback
+    def async_get_options_flow(config_entry: ConfigEntry) -> GridOptionsFlow:
+        """The grid entry's options: the auto-balance thresholds."""
+        return GridOptionsFlow()
+
+    @classmethod
+    @callback
+    def async_supports_options_flow(cls, config_entry: ConfigEntry) -> bool:
+        """Only the grid entry has options; node entries are reconfigured instead."""
+        return bool(config_entry.data.get(CONF_KIND) == EntryKind.GRID)
+
+    async def async_step_system(self, user_input: dict[str, Any] | None = None) -> ConfigFlowResult:
+        """Create the grid entry (started by the integration with the first node)."""
+        await self.async_set_unique_id(GRID_UNIQUE_ID)
+        self._abort_if_unique_id_configured()
+        return self.async_create_entry(title="PeerGrid grid", data={CONF_KIND: EntryKind.GRID})
 
     async def async_step_user(self, user_input: dict[str, Any] | None = None) -> ConfigFlowResult:
         """Ask for a node's address and key, check them, add the node."""
@@ -235,4 +262,39 @@ class PeerGridConfigFlow(ConfigFlow, domain=DOMAIN):
         return self.async_create_entry(
             title=hello.uid,
             data={CONF_KIND: EntryKind.NODE, CONF_HOST: host, CONF_PORT: port, CONF_KEY: key},
+        )
+
+
+class GridOptionsFlow(OptionsFlow):
+    """Edit the auto-balance thresholds, each within its safe range."""
+
+    async def async_step_init(self, user_input: dict[str, Any] | None = None) -> ConfigFlowResult:
+        """Show the thresholds; refuse combinations the balancer cannot use."""
+        errors: dict[str, str] = {}
+        if user_input is not None:
+            try:
+                thresholds = BalanceThresholds.from_options(user_input)
+            except PeerGridValidationError as err:
+                errors[err.field] = "invalid_threshold"
+            else:
+                return self.async_create_entry(data=thresholds.as_dict())
+        current = BalanceThresholds.from_options(self.config_entry.options).as_dict()
+        schema = vol.Schema(
+            {
+                vol.Required(name): NumberSelector(
+                    NumberSelectorConfig(
+                        min=low,
+                        max=high,
+                        step=1,
+                        unit_of_measurement="%",
+                        mode=NumberSelectorMode.BOX,
+                    )
+                )
+                for name, (low, high) in THRESHOLD_RANGES.items()
+            }
+        )
+        return self.async_show_form(
+            step_id="init",
+            data_schema=self.add_suggested_values_to_schema(schema, user_input or current),
+            errors=errors,
         )

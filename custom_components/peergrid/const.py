@@ -24,11 +24,22 @@ class EntryKind(StrEnum):
     A node entry talks to one directly reachable node. A gateway entry (added
     with the edge gateway) reaches several nodes through a Raspberry Pi; its
     nodes become devices ``via_device`` the gateway, with the same entities.
+    The one grid entry holds grid-wide settings (balance thresholds) and
+    sensors; the integration creates it with the first node.
     """
 
     NODE = "node"
     GATEWAY = "gateway"
+    GRID = "grid"
 
 
 LEASE_SECONDS: Final = 30
 """Lease Home Assistant asks for when it switches a relay on; renewed at a third of it."""
+
+EVENT_TRANSFER_STARTED: Final = "peergrid_transfer_started"
+EVENT_TRANSFER_PROGRESS: Final = "peergrid_transfer_progress"
+EVENT_TRANSFER_COMPLETED: Final = "peergrid_transfer_completed"
+EVENT_TRANSFER_ABORTED: Final = "peergrid_transfer_aborted"
+
+GRID_UNIQUE_ID: Final = "grid"
+"""Unique id of the one grid entry (grid-wide settings and entities)."""

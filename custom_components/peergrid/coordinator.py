@@ -10,7 +10,7 @@ from homeassistant.config_entries import ConfigEntry
 from homeassistant.const import CONF_HOST, CONF_PORT
 from homeassistant.core import HomeAssistant, callback
 from homeassistant.exceptions import ConfigEntryAuthFailed, ConfigEntryError, HomeAssistantError
-from homeassistant.helpers import issue_registry as ir
+from homeassistant.helpers import device_registry as dr, issue_registry as ir
 from homeassistant.helpers.update_coordinator import DataUpdateCoordinator, UpdateFailed
 
 from .const import CONF_KEY, DOMAIN, LEASE_SECONDS, LOGGER
@@ -79,6 +79,12 @@ class PeerGridNodeCoordinator(DataUpdateCoordinator[NodeData]):
         self._hello: Hello | None = None
         self._run_task: asyncio.Task[None] | None = None
         self._online = False
+
+    @property
+    def device_id(self) -> str | None:
+        """The device registry id of this node's device (once its entities exist)."""
+        device = dr.async_get(self.hass).async_get_device(identifiers={(DOMAIN, self.uid)})
+        return device.id if device else None
 
     async def _async_setup(self) -> None:
         """Connect and authenticate once, so that setup fails loudly and early."""

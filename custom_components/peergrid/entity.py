@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from homeassistant.helpers.device_registry import DeviceInfo
+from homeassistant.helpers.device_registry import DeviceEntryType, DeviceInfo
 from homeassistant.helpers.entity import EntityDescription
 from homeassistant.helpers.update_coordinator import CoordinatorEntity
 
-from .const import DOMAIN, MANUFACTURER, NODE_MODEL
+from .const import DOMAIN, GRID_UNIQUE_ID, MANUFACTURER, NODE_MODEL
 from .coordinator import PeerGridNodeCoordinator
 
 
@@ -31,3 +31,14 @@ class PeerGridNodeEntity(CoordinatorEntity[PeerGridNodeCoordinator]):
             serial_number=uid,
             sw_version=coordinator.data.hello.fw,
         )
+
+
+def grid_device_info() -> DeviceInfo:
+    """The grid's own device: grid-wide sensors and settings."""
+    return DeviceInfo(
+        identifiers={(DOMAIN, GRID_UNIQUE_ID)},
+        name="PeerGrid grid",
+        manufacturer=MANUFACTURER,
+        model="Peer-to-peer battery grid",
+        entry_type=DeviceEntryType.SERVICE,
+    )

@@ -25,8 +25,10 @@ from homeassistant.core import HomeAssistant
 from homeassistant.helpers.entity_platform import AddConfigEntryEntitiesCallback
 from homeassistant.helpers.typing import StateType
 
-from .coordinator import NodeData, PeerGridConfigEntry
-from .entity import PeerGridNodeEntity
+from .const import CONF_KIND, GRID_UNIQUE_ID, EntryKind
+from .coordinator import NodeData, PeerGridConfigEntry, PeerGridNodeCoordinator
+from .entity import PeerGridNodeEntity, grid_device_info
+from .grid import DATA_GRID, PeerGridGrid
 from .peergrid_core.protocol import NodeState, TripReason
 from .peergrid_core.stability import voltage_stability_score
 
@@ -39,6 +41,8 @@ class PeerGridSensorEntityDescription(SensorEntityDescription):
     """A node sensor: how to read its value from the node's data."""
 
     value_fn: Callable[[NodeData], StateType]
+    grid_value_fn: Callable[[PeerGridGrid, str], StateType] | None = None
+    """Reads the value from the grid (transfers) instead of the node's status."""
 
 
 def _scaled(value: int | None, divisor: int) -> float | None:
@@ -170,14 +174,113 @@ SENSORS: tuple[PeerGridSensorEntityDescription, ...] = (
 )
 
 
+def _moved(grid: PeerGridGrid, uid: str) -> float | None:
+    record = grid.active_transfer(uid)
+    if record is None:
+        return None
+    return record.wh_out if record.sender == uid else record.wh_in
+
+
+def _progress(grid: PeerGridGrid, uid: str) -> float | None:
+    record = grid.active_transfer(uid)
+    if record is None or record.progress_pct is None:
+        return None
+    return round(record.progress_pct, 1)
+
+
+def _no_status(data: NodeData) -> StateType:
+    return None
+
+
+TRANSFER_SENSORS: tuple[PeerGridSensorEntityDescription, ...] = (
+    PeerGridSensorEntityDescription(
+        key="transfer_progress",
+        translation_key="transfer_progress",
+        native_unit_of_measurement=PERCENTAGE,
+        suggested_display_precision=0,
+        value_fn=_no_status,
+        grid_value_fn=_progress,
+    ),
+    PeerGridSensorEntityDescription(
+        key="energy_moved",
+        translation_key="energy_moved",
+        device_class=SensorDeviceClass.ENERGY,
+        native_unit_of_measurement=UnitOfEnergy.WATT_HOUR,
+        suggested_display_precision=2,
+        value_fn=_no_status,
+        grid_value_fn=_moved,
+    ),
+    PeerGridSensorEntityDescription(
+        key="energy_shared",
+        translation_key="energy_shared",
+        device_class=SensorDeviceClass.ENERGY,
+        state_class=SensorStateClass.TOTAL_INCREASING,
+        native_unit_of_measurement=UnitOfEnergy.WATT_HOUR,
+        suggested_unit_of_measurement=UnitOfEnergy.KILO_WATT_HOUR,
+        suggested_display_precision=3,
+        value_fn=_no_status,
+        grid_value_fn=lambda grid, uid: round(grid.totals(uid).shared_wh, 3),
+    ),
+    PeerGridSensorEntityDescription(
+        key="energy_received_from_peers",
+        translation_key="energy_received_from_peers",
+        device_class=SensorDeviceClass.ENERGY,
+        state_class=SensorStateClass.TOTAL_INCREASING,
+        native_unit_of_measurement=UnitOfEnergy.WATT_HOUR,
+        suggested_unit_of_measurement=UnitOfEnergy.KILO_WATT_HOUR,
+        suggested_display_precision=3,
+        value_fn=_no_status,
+        grid_value_fn=lambda grid, uid: round(grid.totals(uid).received_wh, 3),
+    ),
+)
+
+
+@dataclass(frozen=True, kw_only=True)
+class PeerGridGridSensorEntityDescription(SensorEntityDescription):
+    """A grid-wide sensor: how to read it from the grid."""
+
+    value_fn: Callable[[PeerGridGrid], StateType]
+
+
+GRID_SENSORS: tuple[PeerGridGridSensorEntityDescription, ...] = (
+    PeerGridGridSensorEntityDescription(
+        key="soc_spread",
+        translation_key="soc_spread",
+        state_class=SensorStateClass.MEASUREMENT,
+        native_unit_of_measurement=PERCENTAGE,
+        suggested_display_precision=1,
+        value_fn=lambda grid: grid.soc_spread,
+    ),
+    PeerGridGridSensorEntityDescription(
+        key="active_transfers",
+        translation_key="active_transfers",
+        state_class=SensorStateClass.MEASUREMENT,
+        value_fn=lambda grid: grid.active_count,
+    ),
+    PeerGridGridSensorEntityDescription(
+        key="nodes_online",
+        translation_key="nodes_online",
+        state_class=SensorStateClass.MEASUREMENT,
+        value_fn=lambda grid: sum(1 for node in grid.node_socs() if node.online),
+    ),
+)
+
+
 async def async_setup_entry(
     hass: HomeAssistant,
     entry: PeerGridConfigEntry,
     async_add_entities: AddConfigEntryEntitiesCallback,
 ) -> None:
-    """Add the sensors of the entry's node."""
+    """Add the sensors of the entry's node, or the grid-wide sensors of the grid entry."""
+    grid = hass.data[DATA_GRID]
+    if entry.data[CONF_KIND] == EntryKind.GRID:
+        async_add_entities(PeerGridGridSensor(grid, description) for description in GRID_SENSORS)
+        return
     coordinator = entry.runtime_data
-    async_add_entities(PeerGridSensor(coordinator, description) for description in SENSORS)
+    async_add_entities(
+        PeerGridSensor(coordinator, description, grid)
+        for description in (*SENSORS, *TRANSFER_SENSORS)
+    )
 
 
 class PeerGridSensor(PeerGridNodeEntity, SensorEntity):
@@ -185,7 +288,54 @@ class PeerGridSensor(PeerGridNodeEntity, SensorEntity):
 
     entity_description: PeerGridSensorEntityDescription
 
+    def __init__(
+        self,
+        coordinator: PeerGridNodeCoordinator,
+        description: PeerGridSensorEntityDescription,
+        grid: PeerGridGrid,
+    ) -> None:
+        """Keep the grid for the sensors that read transfers."""
+        super().__init__(coordinator, description)
+        self._grid = grid
+
+    @property
+    def available(self) -> bool:
+        """Transfer totals are Home Assistant's records, available while the node is away."""
+        if self.entity_description.state_class is SensorStateClass.TOTAL_INCREASING and (
+            self.entity_description.grid_value_fn is not None
+        ):
+            return True
+        return super().available
+
     @property
     def native_value(self) -> StateType:
-        """The value from the node's latest status."""
+        """The value from the node's latest status, or from the grid's transfers."""
+        if (grid_value := self.entity_description.grid_value_fn) is not None:
+            return grid_value(self._grid, self.coordinator.uid)
         return self.entity_description.value_fn(self.coordinator.data)
+
+
+class PeerGridGridSensor(SensorEntity):
+    """A grid-wide sensor on the grid device."""
+
+    _attr_has_entity_name = True
+    _attr_should_poll = False
+    entity_description: PeerGridGridSensorEntityDescription
+
+    def __init__(
+        self, grid: PeerGridGrid, description: PeerGridGridSensorEntityDescription
+    ) -> None:
+        """Identify the sensor under the grid device."""
+        self.entity_description = description
+        self._grid = grid
+        self._attr_unique_id = f"{GRID_UNIQUE_ID}_{description.key}"
+        self._attr_device_info = grid_device_info()
+
+    async def async_added_to_hass(self) -> None:
+        """Follow the grid's changes and the nodes' pushes."""
+        self.async_on_remove(self._grid.async_add_listener(self.async_write_ha_state))
+
+    @property
+    def native_value(self) -> StateType:
+        """The grid's current value."""
+        return self.entity_description.value_fn(self._grid)

@@ -179,4 +179,6 @@ def test_no_actions_registered_in_setup_entry() -> None:
     """action-setup: no action is registered while setting up an entry."""
     for node in ast.walk(_tree("__init__.py")):
         if isinstance(node, ast.AsyncFunctionDef) and node.name == "async_setup_entry":
-            assert "async_register" not in ast.unparse(node)
+            source = ast.unparse(node)
+            assert "services.async_register" not in source
+            assert "async_register_entity_service" not in source

@@ -114,11 +114,18 @@ def test_exceptions_and_issues_are_translated() -> None:
     assert problems == []
 
 
-def _flow_literals() -> tuple[set[str], set[str], set[str]]:
+def _flow_literals(flow_class: str) -> tuple[set[str], set[str], set[str]]:
     steps, errors, aborts = set(), set(), set()
     path = INTEGRATION / "config_flow.py"
     tree = ast.parse(path.read_text(encoding="utf-8"))
-    for node in ast.walk(tree):
+    # Module-level helpers (the connection test) serve the config flow only.
+    scope: list[ast.AST] = [
+        n
+        for n in tree.body
+        if (isinstance(n, ast.ClassDef) and n.name == flow_class)
+        or (not isinstance(n, ast.ClassDef) and flow_class == "PeerGridConfigFlow")
+    ]
+    for node in (child for top in scope for child in ast.walk(top)):
         if isinstance(node, ast.Call):
             if (step := _keyword(node, "step_id")) is not None:
                 steps.add(step)
@@ -138,11 +145,23 @@ def _flow_literals() -> tuple[set[str], set[str], set[str]]:
 
 def test_config_flow_strings() -> None:
     """Every step, error and abort reason of the config flow has its text."""
-    steps, errors, aborts = _flow_literals()
+    steps, errors, aborts = _flow_literals("PeerGridConfigFlow")
     config: dict[str, Any] = EN["config"]
     assert steps <= set(config["step"]), steps - set(config["step"])
     assert errors <= set(config["error"]), errors - set(config["error"])
     assert aborts <= set(config["abort"]), aborts - set(config["abort"])
+
+
+def test_options_flow_strings() -> None:
+    """The options form has its texts, one per threshold, and its error."""
+    from custom_components.peergrid.peergrid_core.thresholds import THRESHOLD_RANGES
+
+    steps, errors, _ = _flow_literals("GridOptionsFlow")
+    options: dict[str, Any] = EN["options"]
+    assert steps == {"init"} <= set(options["step"])
+    assert errors == {"invalid_threshold"} <= set(options["error"])
+    init = options["step"]["init"]
+    assert set(init["data"]) == set(init["data_description"]) == set(THRESHOLD_RANGES)
 
 
 @pytest.mark.parametrize("step", sorted(EN["config"]["step"]))
