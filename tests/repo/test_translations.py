@@ -185,3 +185,19 @@ def test_config_flow_schemas_match_strings() -> None:
     for step, schema in forms.items():
         fields = {str(marker) for marker in schema.schema}
         assert fields == set(EN["config"]["step"][step]["data"]), step
+
+
+def test_actions_are_translated_and_have_icons() -> None:
+    """Every action in services.yaml has a name, a description, field texts and an icon."""
+    import yaml
+
+    services = yaml.safe_load((INTEGRATION / "services.yaml").read_text(encoding="utf-8"))
+    assert set(services) == set(EN["services"]) == set(ICONS["services"])
+    for name, spec in services.items():
+        texts = EN["services"][name]
+        assert texts["name"]
+        assert texts["description"]
+        assert set(spec.get("fields", {})) == set(texts.get("fields", {})), name
+        for field in texts.get("fields", {}).values():
+            assert field["name"]
+            assert field["description"]
