@@ -17,7 +17,7 @@ import hmac
 import os
 from typing import Self
 
-from ..errors import PeerGridProtocolError, PeerGridValidationError  # noqa: TID252 - the core imports itself relatively
+from ..errors import PeerGridProtocolError, PeerGridValidationError
 from .codes import ErrorCode
 from .errors import FrameError
 from .frames import JsonObject, decode_body, encode_body, signed_line, split_signed_line, verify_mac

@@ -31,7 +31,7 @@ from typing import Self
 
 from pydantic import ValidationError
 
-from ..errors import (  # noqa: TID252 - the core imports itself relatively
+from ..errors import (
     PeerGridAuthenticationError,
     PeerGridConnectionError,
     PeerGridError,

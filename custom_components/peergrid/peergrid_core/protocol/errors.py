@@ -8,7 +8,7 @@ is what the client raises when the node answered a request with ``err``.
 
 from __future__ import annotations
 
-from ..errors import PeerGridError, PeerGridProtocolError  # noqa: TID252 - the core imports itself relatively
+from ..errors import PeerGridError, PeerGridProtocolError
 from .codes import ErrorCode
 
 

@@ -18,7 +18,7 @@ from collections.abc import Awaitable, Callable
 import contextlib
 import logging
 
-from ..errors import PeerGridError, PeerGridValidationError  # noqa: TID252
+from ..errors import PeerGridError, PeerGridValidationError
 from .client import ConnectionState, NodeClient
 from .codes import Mode
 from .messages import Ack, Event, NodePush, Status

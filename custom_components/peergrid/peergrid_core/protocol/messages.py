@@ -18,7 +18,7 @@ from typing import Annotated, ClassVar, Literal
 from pydantic import BaseModel, ConfigDict, Field, Strict, ValidationError, model_validator
 from pydantic_core import PydanticCustomError
 
-from ..units import MilliAmps, MilliVolts, MilliWattHours, MilliWatts, PerMille  # noqa: TID252 - the core imports itself relatively
+from ..units import MilliAmps, MilliVolts, MilliWattHours, MilliWatts, PerMille
 from .codes import AuthScheme, Capability, ErrorCode, Mode, NodeState, TripReason
 from .errors import FrameError, NotPeerGridNodeError, UnsupportedProtocolError
 from .frames import JsonObject, decode_body, strip_line

@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 
-from ..errors import PeerGridConnectionError, PeerGridTimeoutError, PeerGridValidationError  # noqa: TID252 - the core imports itself relatively
+from ..errors import PeerGridConnectionError, PeerGridTimeoutError, PeerGridValidationError
 from .auth import key_from_text
 from .client import NodeClient
 from .errors import NotPeerGridNodeError

@@ -19,7 +19,7 @@ import signal
 import sys
 from typing import Any, TextIO
 
-from ..errors import PeerGridError, PeerGridValidationError  # noqa: TID252 - the core imports itself relatively
+from ..errors import PeerGridError, PeerGridValidationError
 from .grid import DEFAULT_HOST, DEFAULT_STEP_S, FirmwareNotFoundError, NodeSpec, SimulatedGrid
 from .physics import JOULES_PER_WH
 

@@ -34,7 +34,7 @@ import secrets
 from types import TracebackType
 from typing import Any, Protocol, Self
 
-from ..errors import PeerGridError, PeerGridTimeoutError, PeerGridValidationError  # noqa: TID252 - the core imports itself relatively
+from ..errors import PeerGridError, PeerGridTimeoutError, PeerGridValidationError
 from .hardware import SimClock, SimHardware
 from .physics import (
     JOULES_PER_WH,

@@ -18,7 +18,7 @@ import os
 import random
 import time
 
-from ..errors import PeerGridValidationError  # noqa: TID252 - the core imports itself relatively
+from ..errors import PeerGridValidationError
 from .ina219 import Ina219Chip, SimI2C
 from .physics import NodePhysics, Relay
 

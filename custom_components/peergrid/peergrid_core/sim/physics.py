@@ -39,8 +39,8 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 import math
 
-from ..errors import PeerGridValidationError  # noqa: TID252 - the core imports itself relatively
-from ..soc import DEFAULT_OCV_CURVE, OcvCurve  # noqa: TID252 - the core imports itself relatively
+from ..errors import PeerGridValidationError
+from ..soc import DEFAULT_OCV_CURVE, OcvCurve
 
 SECONDS_PER_HOUR = 3600.0
 JOULES_PER_WH = 3600.0
