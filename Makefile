@@ -37,7 +37,7 @@ typecheck: $(STAMP) ## mypy strict on the core and the integration
 
 pytest: $(STAMP) ## the test suite with coverage gates
 	@rm -f .coverage .coverage.*
-	$(PY) -m pytest -q --cov --cov-report=term --cov-fail-under=95 $(PYTEST_ARGS)
+	$(PY) -m pytest -q --cov --cov-branch --cov-report=term --cov-fail-under=95 $(PYTEST_ARGS)
 	$(VENV)/bin/coverage report --fail-under=100 --include='custom_components/peergrid/config_flow.py' 2>/dev/null || test ! -f custom_components/peergrid/config_flow.py
 
 test: lint typecheck pytest ## every gate: lint, types, tests (what CI runs)
