@@ -142,7 +142,8 @@ async def test_transfer_moves_energy_and_stops_by_itself(
         hass, lambda: state_value(hass, "sensor.node_a_transfer_progress") != "unknown"
     )
 
-    await wait_until(hass, lambda: EVENT_TRANSFER_COMPLETED in events, max_wait=90)
+    # About 40 simulated minutes; the bound only stops a broken test on a loaded machine.
+    await wait_until(hass, lambda: EVENT_TRANSFER_COMPLETED in events, max_wait=300)
     (record,) = events[EVENT_TRANSFER_COMPLETED]
     assert record["transfer_id"] == started["transfer_id"]
     assert record["stop_reason"] == "target_reached"
