@@ -434,3 +434,41 @@ async def test_drained_sender_is_refused(hass: HomeAssistant, pair_grid: Simulat
     assert err.value.translation_key in {"transfer_sender_low_voltage", "transfer_sender_low_soc"}
     assert not pair_grid.nodes["NODE_A"].physical.supply_closed
     assert not pair_grid.nodes["NODE_B"].physical.receive_closed
+
+
+async def test_duration_only_transfer_and_running_list(
+    hass: HomeAssistant, pair_grid: SimulatedGrid
+) -> None:
+    """A transfer with only a duration runs until it; get_transfers lists it while it runs."""
+    await _add_nodes(hass, pair_grid)
+    events = _capture(hass)
+    started = await _start(hass, sender="NODE_A", receiver="NODE_B", duration={"seconds": 2})
+    assert started["requested_wh"] is None
+    assert started["requested_duration_s"] == 2
+    running = await hass.services.async_call(
+        DOMAIN, "get_transfers", {"active_only": True}, blocking=True, return_response=True
+    )
+    assert [t["transfer_id"] for t in running["transfers"]] == [started["transfer_id"]]
+    assert running["transfers"][0]["progress_pct"] is None
+
+    await wait_until(hass, lambda: EVENT_TRANSFER_COMPLETED in events, max_wait=30)
+    (record,) = events[EVENT_TRANSFER_COMPLETED]
+    assert record["stop_reason"] == "duration_reached"
+    assert record["wh_out"] > 0
+
+
+async def test_home_assistant_stop_interrupts_running_transfers(
+    hass: HomeAssistant, pair_grid: SimulatedGrid, hass_storage: dict[str, Any]
+) -> None:
+    """Stopping Home Assistant leaves both nodes idle and the record closed as interrupted."""
+    await _add_nodes(hass, pair_grid)
+    events = _capture(hass)
+    started = await _start(hass, sender="NODE_A", receiver="NODE_B", energy_wh=50)
+    await hass.data[DATA_GRID].async_shutdown()
+    (record,) = events[EVENT_TRANSFER_ABORTED]
+    assert record["transfer_id"] == started["transfer_id"]
+    assert record["stop_reason"] == "interrupted"
+    assert not pair_grid.nodes["NODE_A"].physical.supply_closed
+    assert not pair_grid.nodes["NODE_B"].physical.receive_closed
+    stored = hass_storage[STORAGE_KEY]["data"]["transfers"]
+    assert stored[-1]["stop_reason"] == "interrupted"
