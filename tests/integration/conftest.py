@@ -14,13 +14,13 @@ from __future__ import annotations
 from collections.abc import AsyncGenerator, Generator
 from unittest.mock import PropertyMock, patch
 
-from homeassistant.const import CONF_HOST, CONF_PORT
 import pytest
 from pytest_homeassistant_custom_component.common import MockConfigEntry
 
 import custom_components.peergrid  # noqa: F401  (see the module docstring)
-from custom_components.peergrid.const import CONF_KEY, CONF_KIND, DOMAIN, EntryKind
 from peergrid_core.sim import NodeSpec, SimulatedGrid
+
+from .helpers import node_entry
 
 KEY_A = "node-a-key-0123456789abcdef"
 KEY_B = "node-b-key-0123456789abcdef"
@@ -64,15 +64,4 @@ async def sim_grid(socket_enabled: None) -> AsyncGenerator[SimulatedGrid]:
 @pytest.fixture
 def node_a_entry(sim_grid: SimulatedGrid) -> MockConfigEntry:
     """A config entry for NODE_A of the simulated grid (not yet added to hass)."""
-    node = sim_grid.nodes["NODE_A"]
-    return MockConfigEntry(
-        domain=DOMAIN,
-        title="NODE_A",
-        unique_id="NODE_A",
-        data={
-            CONF_KIND: EntryKind.NODE,
-            CONF_HOST: node.host,
-            CONF_PORT: node.port,
-            CONF_KEY: KEY_A,
-        },
-    )
+    return node_entry(sim_grid, "NODE_A")

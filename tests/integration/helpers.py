@@ -7,8 +7,12 @@ from collections.abc import AsyncIterator, Callable
 import contextlib
 import json
 
+from homeassistant.const import CONF_HOST, CONF_PORT
 from homeassistant.core import HomeAssistant
 from pytest_homeassistant_custom_component.common import MockConfigEntry
+
+from custom_components.peergrid.const import CONF_KEY, CONF_KIND, DOMAIN, EntryKind
+from peergrid_core.sim import SimulatedGrid
 
 
 async def wait_until(
@@ -24,6 +28,23 @@ async def wait_until(
         while not predicate():
             await asyncio.sleep(0.05)
             await hass.async_block_till_done()
+
+
+def node_entry(grid: SimulatedGrid, uid: str, **data: object) -> MockConfigEntry:
+    """A config entry for node ``uid`` of ``grid``; ``data`` overrides host, port or key."""
+    node = grid.nodes[uid]
+    return MockConfigEntry(
+        domain=DOMAIN,
+        title=uid,
+        unique_id=uid,
+        data={
+            CONF_KIND: EntryKind.NODE,
+            CONF_HOST: node.host,
+            CONF_PORT: node.port,
+            CONF_KEY: node.key,
+        }
+        | data,
+    )
 
 
 async def setup_entry(hass: HomeAssistant, entry: MockConfigEntry) -> None:

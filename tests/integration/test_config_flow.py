@@ -29,7 +29,7 @@ from custom_components.peergrid.peergrid_core.protocol import DEFAULT_PORT
 from peergrid_core.sim import NodeSpec, SimulatedGrid
 
 from .conftest import KEY_A, KEY_B
-from .helpers import PROTO_2_HELLO, fake_device
+from .helpers import PROTO_2_HELLO, fake_device, node_entry
 
 pytestmark = pytest.mark.usefixtures("socket_enabled", "mock_setup_entry")
 
@@ -105,19 +105,7 @@ def _entry(
     grid: SimulatedGrid, uid: str = "NODE_A", data: dict[str, Any] | None = None
 ) -> MockConfigEntry:
     """A node entry for ``uid`` of ``grid``; ``data`` overrides its host, port or key."""
-    node = grid.nodes[uid]
-    return MockConfigEntry(
-        domain=DOMAIN,
-        title=uid,
-        unique_id=uid,
-        data={
-            CONF_KIND: EntryKind.NODE,
-            CONF_HOST: node.host,
-            CONF_PORT: node.port,
-            CONF_KEY: node.key,
-        }
-        | (data or {}),
-    )
+    return node_entry(grid, uid, **(data or {}))
 
 
 def _suggested(result: Any, field: str) -> Any:

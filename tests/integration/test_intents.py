@@ -15,7 +15,6 @@ from typing import Any
 from hassil.intents import Intents
 from hassil.recognize import recognize
 from homeassistant.components import conversation
-from homeassistant.const import CONF_HOST, CONF_PORT
 from homeassistant.core import Context, HomeAssistant
 from homeassistant.helpers import device_registry as dr, intent, llm
 from homeassistant.setup import async_setup_component
@@ -24,7 +23,7 @@ import pytest
 from pytest_homeassistant_custom_component.common import MockConfigEntry, async_mock_service
 import voluptuous_openapi
 
-from custom_components.peergrid.const import CONF_KEY, CONF_KIND, DOMAIN, EntryKind
+from custom_components.peergrid.const import DOMAIN
 from custom_components.peergrid.intent import (
     INTENT_BALANCE,
     INTENT_BATTERY_LEVEL,
@@ -36,8 +35,7 @@ from custom_components.peergrid.intent import (
 )
 from peergrid_core.sim import SimulatedGrid
 
-from .conftest import KEY_B
-from .helpers import setup_entry, state_value, wait_until
+from .helpers import node_entry, setup_entry, state_value, wait_until
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 SENTENCES = REPO_ROOT / "custom_sentences" / "en" / "peergrid.yaml"
@@ -64,18 +62,7 @@ def _speech(response: intent.IntentResponse) -> str:
 @pytest.fixture
 def node_b_entry(sim_grid: SimulatedGrid) -> MockConfigEntry:
     """A config entry for NODE_B of the simulated grid (not yet added to hass)."""
-    node = sim_grid.nodes["NODE_B"]
-    return MockConfigEntry(
-        domain=DOMAIN,
-        title="NODE_B",
-        unique_id="NODE_B",
-        data={
-            CONF_KIND: EntryKind.NODE,
-            CONF_HOST: node.host,
-            CONF_PORT: node.port,
-            CONF_KEY: KEY_B,
-        },
-    )
+    return node_entry(sim_grid, "NODE_B")
 
 
 @pytest.fixture

@@ -39,7 +39,7 @@ from peergrid_core.sim import SimulatedGrid
 from peergrid_core.sim.physics import Relay
 
 from .conftest import KEY_B
-from .helpers import PROTO_2_HELLO, fake_device, setup_entry, state_value, wait_until
+from .helpers import PROTO_2_HELLO, fake_device, node_entry, setup_entry, state_value, wait_until
 
 MODE = "select.node_a_mode"
 SUPPLY = "switch.node_a_supply"
@@ -219,18 +219,7 @@ async def test_refused_command_is_a_translated_error(
 
 async def test_wrong_key_starts_reauth(hass: HomeAssistant, sim_grid: SimulatedGrid) -> None:
     """A key the node rejects fails setup and asks the user for the new key."""
-    node = sim_grid.nodes["NODE_A"]
-    entry = MockConfigEntry(
-        domain=DOMAIN,
-        title="NODE_A",
-        unique_id="NODE_A",
-        data={
-            CONF_KIND: EntryKind.NODE,
-            CONF_HOST: node.host,
-            CONF_PORT: node.port,
-            CONF_KEY: "not-the-right-key-for-node-a",
-        },
-    )
+    entry = node_entry(sim_grid, "NODE_A", key="not-the-right-key-for-node-a")
     await setup_entry(hass, entry)
     assert entry.state is ConfigEntryState.SETUP_ERROR
     flows = hass.config_entries.flow.async_progress()

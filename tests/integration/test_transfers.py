@@ -11,7 +11,6 @@ from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 from homeassistant.config_entries import SOURCE_SYSTEM
-from homeassistant.const import CONF_HOST, CONF_PORT
 from homeassistant.core import Event, HomeAssistant
 from homeassistant.data_entry_flow import FlowResultType
 from homeassistant.exceptions import ServiceValidationError
@@ -21,7 +20,6 @@ from pytest_homeassistant_custom_component.common import MockConfigEntry
 import voluptuous as vol
 
 from custom_components.peergrid.const import (
-    CONF_KEY,
     CONF_KIND,
     DOMAIN,
     EVENT_TRANSFER_ABORTED,
@@ -33,7 +31,7 @@ from custom_components.peergrid.const import (
 from custom_components.peergrid.grid import DATA_GRID, STORAGE_KEY, PeerGridGrid
 from peergrid_core.sim import NodeSpec, SimulatedGrid
 
-from .helpers import setup_entry, state_value, wait_until
+from .helpers import node_entry, setup_entry, state_value, wait_until
 
 SPEEDUP = 100.0
 
@@ -62,18 +60,8 @@ async def _grid(specs: list[NodeSpec]) -> SimulatedGrid:
 
 async def _add_nodes(hass: HomeAssistant, grid: SimulatedGrid) -> dict[str, MockConfigEntry]:
     entries = {}
-    for uid, node in grid.nodes.items():
-        entry = MockConfigEntry(
-            domain=DOMAIN,
-            title=uid,
-            unique_id=uid,
-            data={
-                CONF_KIND: EntryKind.NODE,
-                CONF_HOST: node.host,
-                CONF_PORT: node.port,
-                CONF_KEY: node.key,
-            },
-        )
+    for uid in grid.nodes:
+        entry = node_entry(grid, uid)
         await setup_entry(hass, entry)
         entries[uid] = entry
     return entries

@@ -33,11 +33,10 @@ from pydantic import (
     JsonValue,
     TypeAdapter,
     ValidationError,
-    ValidationInfo,
     field_validator,
     model_validator,
 )
-from pydantic_core import InitErrorDetails, PydanticCustomError
+from pydantic_core import InitErrorDetails
 
 from .errors import PeerGridProtocolError, PeerGridValidationError
 from .payload_fields import (
@@ -53,6 +52,7 @@ from .payload_fields import (
     WirePercent,
     field_error,
     raise_field_errors,
+    receiver_differs,
 )
 from .payloads import (
     MAX_NODES_PER_GATEWAY,
@@ -277,16 +277,7 @@ class EnergyMintData(PayloadModel):
     co2_saved_kg: CarbonKilograms
     sell_price: TokenPrice | None = None
 
-    @field_validator("receiver_uid")
-    @classmethod
-    def _receiver_differs(cls, receiver_uid: str, info: ValidationInfo) -> str:
-        if receiver_uid == info.data.get("sender_uid"):
-            raise PydanticCustomError(
-                "same_node",
-                "receiver_uid must differ from sender_uid ({uid})",
-                {"uid": receiver_uid},
-            )
-        return receiver_uid
+    _receiver_differs = field_validator("receiver_uid")(receiver_differs)
 
     @model_validator(mode="after")
     def _check_amounts(self) -> Self:

@@ -55,6 +55,17 @@ class PayloadModel(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+def receiver_differs(receiver_uid: str, info: ValidationInfo) -> str:
+    """Field validator for ``receiver_uid``: a node never sends energy to itself."""
+    if receiver_uid == info.data.get("sender_uid"):
+        raise PydanticCustomError(
+            "same_node",
+            "receiver_uid must differ from sender_uid ({uid})",
+            {"uid": receiver_uid},
+        )
+    return receiver_uid
+
+
 def field_error(
     loc: tuple[str | int, ...], kind: str, template: str, value: Any, **context: Any
 ) -> InitErrorDetails:

@@ -41,7 +41,6 @@ from pydantic import (
     JsonValue,
     Strict,
     TypeAdapter,
-    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -68,6 +67,7 @@ from .payload_fields import (
     clock_context,
     field_error,
     raise_field_errors,
+    receiver_differs,
 )
 from .tokens import KWH_MAX, KWH_MIN
 
@@ -358,16 +358,7 @@ class EnergyReport(PayloadModel):
 
     report_id: ReportId | None = None
 
-    @field_validator("receiver_uid")
-    @classmethod
-    def _receiver_differs(cls, receiver_uid: str, info: ValidationInfo) -> str:
-        if receiver_uid == info.data.get("sender_uid"):
-            raise PydanticCustomError(
-                "same_node",
-                "receiver_uid must differ from sender_uid ({uid})",
-                {"uid": receiver_uid},
-            )
-        return receiver_uid
+    _receiver_differs = field_validator("receiver_uid")(receiver_differs)
 
 
 # ---------------------------------------------------------------- DePIN registry
