@@ -31,9 +31,10 @@ lint: $(STAMP) ## ruff lint and format check
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 
-typecheck: $(STAMP) ## mypy strict on the core and the integration
+typecheck: $(STAMP) ## mypy strict on the core, the integration and the edge gateway
 	$(VENV)/bin/mypy -p peergrid_core
 	$(VENV)/bin/mypy -p custom_components.peergrid
+	$(VENV)/bin/mypy -p edge
 
 pytest: $(STAMP) ## the test suite with coverage gates
 	@rm -f .coverage .coverage.*

@@ -1,4 +1,4 @@
-"""The core installs on its own (for the edge gateway) under the name peergrid_core."""
+"""The core and the edge gateway install on their own, without Home Assistant."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ ROOT = Path(__file__).parents[2]
 
 
 def test_wheel_carries_the_core(tmp_path: Path) -> None:
-    """Building the distribution maps the integration's core folder to peergrid_core."""
+    """The distribution maps the integration's core folder to peergrid_core, beside edge."""
     # Build from a copy so that setuptools' build/ and egg-info never land in the checkout.
     src = tmp_path / "src"
     shutil.copytree(
