@@ -11,6 +11,7 @@ from homeassistant.helpers.typing import ConfigType
 from .const import CONF_KIND, DOMAIN, GRID_UNIQUE_ID, EntryKind
 from .coordinator import PeerGridConfigEntry, PeerGridNodeCoordinator
 from .grid import DATA_GRID, PeerGridGrid
+from .http_api import async_setup_http_api
 from .services import async_setup_services
 
 PLATFORMS: list[Platform] = [Platform.SELECT, Platform.SENSOR, Platform.SWITCH]
@@ -20,11 +21,12 @@ CONFIG_SCHEMA = cv.config_entry_only_config_schema(DOMAIN)
 
 
 async def async_setup(hass: HomeAssistant, config: ConfigType) -> bool:
-    """Set up the grid (transfers, history) and PeerGrid's actions."""
+    """Set up the grid (transfers, history), PeerGrid's actions and its IoT HTTP API."""
     grid = PeerGridGrid(hass)
     await grid.async_load()
     hass.data[DATA_GRID] = grid
     async_setup_services(hass)
+    await async_setup_http_api(hass)
 
     async def _async_stop_transfers(event: Event) -> None:
         await grid.async_shutdown()
