@@ -29,9 +29,12 @@ from .const import (
     EntryKind,
 )
 from .coordinator import PeerGridNodeCoordinator
+from .iot_hub import DATA_IOT_HUB
 from .peergrid_core.balancer import BalancePlan, NodeSoc, SocBalancer
 from .peergrid_core.errors import PeerGridConnectionError, PeerGridError
+from .peergrid_core.events import ScheduleEvent
 from .peergrid_core.protocol import CommandRefusedError
+from .peergrid_core.schedule import schedule_commands
 from .peergrid_core.thresholds import BalanceThresholds
 from .peergrid_core.transfer import (
     DEFAULT_ENERGY_WH,
@@ -54,6 +57,8 @@ HISTORY_LIMIT = 500
 """Finished transfers kept in the history; the per-node totals keep counting past it."""
 SAVE_DELAY_S = 5
 """Progress is written at most this often; start and end are written at once."""
+SCHEDULE_DEVICE_ID = "peergrid-grid"
+"""``device_id`` of the schedule events this grid publishes (the grid device, not a gateway)."""
 
 
 @dataclass(kw_only=True)
@@ -365,10 +370,26 @@ class PeerGridGrid:
             del transfers[: max(0, len(transfers) - HISTORY_LIMIT)]
             self.hass.async_create_task(self._store.async_save(self._serialise()))
         self._fire(event, record)
+        if event is not EVENT_TRANSFER_PROGRESS:
+            self._publish_schedule()
         for uid in (record.sender, record.receiver):
             if (coordinator := self._nodes.get(uid)) is not None:
                 coordinator.async_update_listeners()
         self.async_notify()
+
+    def _publish_schedule(self) -> None:
+        """Announce what every node now does, as the specification's ``schedule`` event."""
+        if (hub := self.hass.data.get(DATA_IOT_HUB)) is None:
+            return
+        nodes = self.node_socs()
+        known = {node.uid for node in nodes}
+        pairs = [
+            (session.request.sender, session.request.receiver)
+            for session in self._sessions.values()
+            if {session.request.sender, session.request.receiver} <= known
+        ]
+        if nodes:
+            hub.publish(ScheduleEvent(data=schedule_commands(SCHEDULE_DEVICE_ID, nodes, pairs)))
 
     def _count(self, record: TransferRecord) -> None:
         sender = self._data.totals.setdefault(record.sender, NodeTotals())

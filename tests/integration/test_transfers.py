@@ -460,3 +460,23 @@ async def test_home_assistant_stop_interrupts_running_transfers(
     assert not pair_grid.nodes["NODE_B"].physical.receive_closed
     stored = hass_storage[STORAGE_KEY]["data"]["transfers"]
     assert stored[-1]["stop_reason"] == "interrupted"
+
+
+async def test_transfers_publish_the_schedule_event(
+    hass: HomeAssistant, pair_grid: SimulatedGrid
+) -> None:
+    """Starting and ending a transfer publishes the specification's schedule event."""
+    await _add_nodes(hass, pair_grid)
+    schedules: list[dict[str, Any]] = []
+    hass.bus.async_listen("peergrid_iot_schedule", lambda e: schedules.append(dict(e.data)))
+    await _start(hass, sender="NODE_A", receiver="NODE_B", energy_wh=50)
+    await hass.async_block_till_done()
+    commands = {c["uid"]: c["action"] for c in schedules[-1]["commands"]}
+    assert commands == {"NODE_A": "discharge", "NODE_B": "charge"}
+    assert schedules[-1]["device_id"] == "peergrid-grid"
+    assert schedules[-1]["grid_summary"]["node_count"] == 2
+
+    await hass.services.async_call(DOMAIN, "stop_transfer", {}, blocking=True)
+    await hass.async_block_till_done()
+    commands = {c["uid"]: c["action"] for c in schedules[-1]["commands"]}
+    assert commands == {"NODE_A": "idle", "NODE_B": "idle"}
