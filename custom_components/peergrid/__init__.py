@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import cast
+
 from homeassistant.config_entries import SOURCE_SYSTEM
 from homeassistant.const import EVENT_HOMEASSISTANT_STOP, Platform
 from homeassistant.core import Event, HomeAssistant
@@ -10,12 +12,14 @@ from homeassistant.helpers.typing import ConfigType
 
 from .const import CONF_KIND, DOMAIN, GRID_UNIQUE_ID, EntryKind
 from .coordinator import PeerGridConfigEntry, PeerGridNodeCoordinator
+from .gateway import PeerGridGatewayConfigEntry, PeerGridGatewayCoordinator
 from .grid import DATA_GRID, PeerGridGrid
 from .http_api import async_setup_http_api
 from .services import async_setup_services
 
 PLATFORMS: list[Platform] = [Platform.SELECT, Platform.SENSOR, Platform.SWITCH]
 GRID_PLATFORMS: list[Platform] = [Platform.SENSOR]
+PLATFORMS_GATEWAY: list[Platform] = [Platform.SENSOR]
 
 CONFIG_SCHEMA = cv.config_entry_only_config_schema(DOMAIN)
 
@@ -36,10 +40,14 @@ async def async_setup(hass: HomeAssistant, config: ConfigType) -> bool:
 
 
 async def async_setup_entry(hass: HomeAssistant, entry: PeerGridConfigEntry) -> bool:
-    """Set up a node (connect, device, entities) or the grid entry (grid-wide sensors)."""
+    """Set up a node (connect, device, entities), a gateway, or the grid entry."""
     if entry.data[CONF_KIND] == EntryKind.GRID:
         await hass.config_entries.async_forward_entry_setups(entry, GRID_PLATFORMS)
         entry.async_on_unload(entry.add_update_listener(_async_options_updated))
+        return True
+    if entry.data[CONF_KIND] == EntryKind.GATEWAY:
+        # A gateway entry's runtime data is its gateway coordinator.
+        await _async_setup_gateway(hass, cast("PeerGridGatewayConfigEntry", entry))
         return True
 
     coordinator = PeerGridNodeCoordinator(hass, entry)
@@ -70,6 +78,9 @@ async def async_unload_entry(hass: HomeAssistant, entry: PeerGridConfigEntry) ->
     """Unload the entities; a node is left IDLE and its session closed."""
     if entry.data[CONF_KIND] == EntryKind.GRID:
         return await hass.config_entries.async_unload_platforms(entry, GRID_PLATFORMS)
+    if entry.data[CONF_KIND] == EntryKind.GATEWAY:
+        # The hub listener and the availability timer go with the entry's on-unload callbacks.
+        return await hass.config_entries.async_unload_platforms(entry, PLATFORMS_GATEWAY)
     unloaded = await hass.config_entries.async_unload_platforms(entry, PLATFORMS)
     if unloaded:
         grid = hass.data[DATA_GRID]
@@ -82,10 +93,31 @@ async def async_unload_entry(hass: HomeAssistant, entry: PeerGridConfigEntry) ->
 async def async_remove_config_entry_device(
     hass: HomeAssistant, entry: PeerGridConfigEntry, device: dr.DeviceEntry
 ) -> bool:
-    """Let the user remove a device only if it is not the entry's live node (or the grid)."""
+    """Let the user remove a device only if it is not the entry's live node (or the grid).
+
+    For a gateway entry, the gateway itself and the nodes it currently
+    reports stay; a node it stopped reporting can go.
+    """
     if entry.data[CONF_KIND] == EntryKind.GRID:
         return (DOMAIN, GRID_UNIQUE_ID) not in device.identifiers
+    if entry.data[CONF_KIND] == EntryKind.GATEWAY:
+        gateway = cast("PeerGridGatewayConfigEntry", entry).runtime_data
+        live = {gateway.device_id, *gateway.nodes}
+        return not any((DOMAIN, name) in device.identifiers for name in live)
     return (DOMAIN, entry.runtime_data.uid) not in device.identifiers
+
+
+async def _async_setup_gateway(hass: HomeAssistant, entry: PeerGridGatewayConfigEntry) -> None:
+    """Create the gateway's device, follow its pings and add its nodes' sensors."""
+    coordinator = PeerGridGatewayCoordinator(hass, entry)
+    entry.runtime_data = coordinator
+    # Registered up front so that the nodes' devices can point at it (via_device).
+    dr.async_get(hass).async_get_or_create(
+        config_entry_id=entry.entry_id, **coordinator.device_info()
+    )
+    coordinator.async_start()
+    await hass.config_entries.async_forward_entry_setups(entry, PLATFORMS_GATEWAY)
+    _ensure_grid_entry(hass)
 
 
 async def _async_options_updated(hass: HomeAssistant, entry: PeerGridConfigEntry) -> None:

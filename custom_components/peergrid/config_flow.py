@@ -8,8 +8,14 @@ node accepts the key and that the node holds the same key.
 
 The grid entry (``EntryKind.GRID``, one per installation) is created by the
 integration itself with the first node; its options are the auto-balance
-thresholds. Gateway entries (``EntryKind.GATEWAY``, found over zeroconf as
-``_peergrid._tcp``) are planned to join as their own steps beside these.
+thresholds.
+
+A gateway entry (``EntryKind.GATEWAY``) is an edge gateway found over
+zeroconf (``_peergrid._tcp.local.``, TXT ``device_id``): ``{kind: "gateway",
+device_id}``. The gateway pushes to Home Assistant, so there is nothing to
+connect to; the user only confirms it. Its unique id is
+``gateway:<device_id>``: a colon never appears in a node uid or in ``grid``,
+so a gateway can never collide with a node entry or the grid entry.
 """
 
 from __future__ import annotations
@@ -31,15 +37,27 @@ from homeassistant.helpers.selector import (
     TextSelectorType,
 )
 from homeassistant.helpers.service_info.dhcp import DhcpServiceInfo
+from homeassistant.helpers.service_info.zeroconf import ZeroconfServiceInfo
+from pydantic import TypeAdapter, ValidationError
 import voluptuous as vol
 
-from .const import CONF_KEY, CONF_KIND, DOMAIN, GRID_UNIQUE_ID, LOGGER, EntryKind
+from .const import (
+    CONF_DEVICE_ID,
+    CONF_KEY,
+    CONF_KIND,
+    DOMAIN,
+    GRID_UNIQUE_ID,
+    LOGGER,
+    EntryKind,
+    gateway_unique_id,
+)
 from .peergrid_core.errors import (
     PeerGridAuthenticationError,
     PeerGridConnectionError,
     PeerGridProtocolError,
     PeerGridValidationError,
 )
+from .peergrid_core.payload_fields import DeviceId
 from .peergrid_core.protocol import (
     DEFAULT_PORT,
     Hello,
@@ -63,6 +81,9 @@ NODE_SCHEMA = vol.Schema(
 
 KEY_SCHEMA = vol.Schema({vol.Required(CONF_KEY): _KEY_SELECTOR})
 """Only the key: the node's address is already known (discovery, reauth)."""
+
+_DEVICE_ID: TypeAdapter[str] = TypeAdapter(DeviceId)
+"""The payloads' rule for a gateway's device id, applied to the TXT record."""
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -111,6 +132,9 @@ class PeerGridConfigFlow(ConfigFlow, domain=DOMAIN):
 
     _discovered: _DiscoveredNode
     """Set by the DHCP step before it hands over to ``discovery_confirm``."""
+
+    _gateway_device_id: str
+    """Set by the zeroconf step before it hands over to ``zeroconf_confirm``."""
 
     @staticmethod
     @callback
@@ -198,6 +222,34 @@ class PeerGridConfigFlow(ConfigFlow, domain=DOMAIN):
             data_schema=KEY_SCHEMA,
             errors=errors,
             description_placeholders={"name": node.uid, "host": node.host},
+        )
+
+    async def async_step_zeroconf(self, discovery_info: ZeroconfServiceInfo) -> ConfigFlowResult:
+        """An edge gateway announced itself: offer it by the device id in its TXT record."""
+        try:
+            device_id = _DEVICE_ID.validate_python(discovery_info.properties.get(CONF_DEVICE_ID))
+        except ValidationError as err:
+            LOGGER.debug("Zeroconf service %s is no PeerGrid gateway: %s", discovery_info.name, err)
+            return self.async_abort(reason="not_peergrid_gateway")
+        await self.async_set_unique_id(gateway_unique_id(device_id))
+        self._abort_if_unique_id_configured()
+        self._gateway_device_id = device_id
+        self.context["title_placeholders"] = {"name": device_id}
+        return await self.async_step_zeroconf_confirm()
+
+    async def async_step_zeroconf_confirm(
+        self, user_input: dict[str, Any] | None = None
+    ) -> ConfigFlowResult:
+        """Ask the user to add the discovered gateway."""
+        device_id = self._gateway_device_id
+        if user_input is not None:
+            return self.async_create_entry(
+                title=device_id,
+                data={CONF_KIND: EntryKind.GATEWAY, CONF_DEVICE_ID: device_id},
+            )
+        self._set_confirm_only()
+        return self.async_show_form(
+            step_id="zeroconf_confirm", description_placeholders={"name": device_id}
         )
 
     async def async_step_reauth(self, entry_data: Mapping[str, Any]) -> ConfigFlowResult:

@@ -16,14 +16,19 @@ CONF_KEY: Final = "key"
 """The node's pre-shared key, as text (its UTF-8 bytes are the key)."""
 CONF_KIND: Final = "kind"
 """Which kind of config entry this is; see :class:`EntryKind`."""
+CONF_DEVICE_ID: Final = "device_id"
+"""A gateway entry's gateway: its ``device_id`` (also the TXT key it announces)."""
+
+GATEWAY_MODEL: Final = "Edge gateway (Raspberry Pi)"
 
 
 class EntryKind(StrEnum):
     """The kinds of PeerGrid config entries.
 
-    A node entry talks to one directly reachable node. A gateway entry (added
-    with the edge gateway) reaches several nodes through a Raspberry Pi; its
-    nodes become devices ``via_device`` the gateway, with the same entities.
+    A node entry talks to one directly reachable node. A gateway entry (found
+    over zeroconf) follows an edge gateway, a Raspberry Pi that reports
+    several nodes over HTTP; each node becomes a device ``via_device`` the
+    gateway, with its voltage, battery and state sensors.
     The one grid entry holds grid-wide settings (balance thresholds) and
     sensors; the integration creates it with the first node.
     """
@@ -43,3 +48,12 @@ EVENT_TRANSFER_ABORTED: Final = "peergrid_transfer_aborted"
 
 GRID_UNIQUE_ID: Final = "grid"
 """Unique id of the one grid entry (grid-wide settings and entities)."""
+
+
+def gateway_unique_id(device_id: str) -> str:
+    """The unique id of the config entry of gateway ``device_id``.
+
+    The colon cannot appear in a device id, a node uid or ``grid``, so the
+    three kinds of entries never share a unique id.
+    """
+    return f"gateway:{device_id}"

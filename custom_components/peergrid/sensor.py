@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from typing import cast
 
 from homeassistant.components.sensor import (
     SensorDeviceClass,
@@ -21,14 +22,16 @@ from homeassistant.const import (
     UnitOfPower,
     UnitOfTime,
 )
-from homeassistant.core import HomeAssistant
+from homeassistant.core import HomeAssistant, callback
 from homeassistant.helpers.entity_platform import AddConfigEntryEntitiesCallback
 from homeassistant.helpers.typing import StateType
 
 from .const import CONF_KIND, GRID_UNIQUE_ID, EntryKind
 from .coordinator import NodeData, PeerGridConfigEntry, PeerGridNodeCoordinator
-from .entity import PeerGridNodeEntity, grid_device_info
+from .entity import PeerGridGatewayNodeEntity, PeerGridNodeEntity, grid_device_info
+from .gateway import PeerGridGatewayConfigEntry, PeerGridGatewayCoordinator
 from .grid import DATA_GRID, PeerGridGrid
+from .peergrid_core.payloads import NodeDetail, NodeState as PingNodeState
 from .peergrid_core.protocol import NodeState, TripReason
 from .peergrid_core.stability import voltage_stability_score
 
@@ -266,15 +269,63 @@ GRID_SENSORS: tuple[PeerGridGridSensorEntityDescription, ...] = (
 )
 
 
+@dataclass(frozen=True, kw_only=True)
+class PeerGridGatewayNodeSensorEntityDescription(SensorEntityDescription):
+    """A sensor of a node behind a gateway: how to read it from the gateway's node data."""
+
+    value_fn: Callable[[NodeDetail], StateType]
+
+
+GATEWAY_NODE_STATES: dict[PingNodeState, NodeState] = {
+    PingNodeState.IDLE: NodeState.IDLE,
+    PingNodeState.SUPPLY: NodeState.SUPPLYING,
+    PingNodeState.RECEIVE: NodeState.RECEIVING,
+}
+"""The gateway's relay tokens as the node states a direct node reports.
+
+A gateway never reports ``tripped`` (a tripped node reads ``IDLE`` there), so
+its node-state sensor has the three states below."""
+
+GATEWAY_NODE_SENSORS: tuple[PeerGridGatewayNodeSensorEntityDescription, ...] = (
+    PeerGridGatewayNodeSensorEntityDescription(
+        key="voltage",
+        device_class=SensorDeviceClass.VOLTAGE,
+        state_class=SensorStateClass.MEASUREMENT,
+        native_unit_of_measurement=UnitOfElectricPotential.VOLT,
+        suggested_display_precision=2,
+        value_fn=lambda node: node.voltage,
+    ),
+    PeerGridGatewayNodeSensorEntityDescription(
+        key="battery",
+        device_class=SensorDeviceClass.BATTERY,
+        state_class=SensorStateClass.MEASUREMENT,
+        native_unit_of_measurement=PERCENTAGE,
+        suggested_display_precision=1,
+        value_fn=lambda node: node.soc,
+    ),
+    PeerGridGatewayNodeSensorEntityDescription(
+        key="node_state",
+        translation_key="node_state",
+        device_class=SensorDeviceClass.ENUM,
+        options=[state.value for state in GATEWAY_NODE_STATES.values()],
+        value_fn=lambda node: GATEWAY_NODE_STATES[node.state].value,
+    ),
+)
+
+
 async def async_setup_entry(
     hass: HomeAssistant,
     entry: PeerGridConfigEntry,
     async_add_entities: AddConfigEntryEntitiesCallback,
 ) -> None:
-    """Add the sensors of the entry's node, or the grid-wide sensors of the grid entry."""
+    """Add the sensors of the entry's node or gateway, or the grid entry's grid-wide sensors."""
     grid = hass.data[DATA_GRID]
     if entry.data[CONF_KIND] == EntryKind.GRID:
         async_add_entities(PeerGridGridSensor(grid, description) for description in GRID_SENSORS)
+        return
+    if entry.data[CONF_KIND] == EntryKind.GATEWAY:
+        # Gateway entries carry a gateway coordinator (see __init__.py).
+        _async_setup_gateway_sensors(cast("PeerGridGatewayConfigEntry", entry), async_add_entities)
         return
     coordinator = entry.runtime_data
     async_add_entities(
@@ -313,6 +364,47 @@ class PeerGridSensor(PeerGridNodeEntity, SensorEntity):
         if (grid_value := self.entity_description.grid_value_fn) is not None:
             return grid_value(self._grid, self.coordinator.uid)
         return self.entity_description.value_fn(self.coordinator.data)
+
+
+def _async_setup_gateway_sensors(
+    entry: PeerGridGatewayConfigEntry, async_add_entities: AddConfigEntryEntitiesCallback
+) -> None:
+    """Add the sensors of the gateway's nodes now, and of every node that joins later."""
+    coordinator = entry.runtime_data
+
+    @callback
+    def _add_nodes(nodes: Iterable[NodeDetail]) -> None:
+        async_add_entities(
+            [
+                PeerGridGatewayNodeSensor(coordinator, node.uid, description)
+                for node in nodes
+                for description in GATEWAY_NODE_SENSORS
+            ]
+        )
+
+    _add_nodes(coordinator.nodes.values())
+    entry.async_on_unload(coordinator.async_add_new_nodes_listener(_add_nodes))
+
+
+class PeerGridGatewayNodeSensor(PeerGridGatewayNodeEntity, SensorEntity):
+    """A sensor of a node, read from its gateway's node-data pings."""
+
+    entity_description: PeerGridGatewayNodeSensorEntityDescription
+
+    def __init__(
+        self,
+        coordinator: PeerGridGatewayCoordinator,
+        uid: str,
+        description: PeerGridGatewayNodeSensorEntityDescription,
+    ) -> None:
+        """Identify the sensor by gateway, node and description."""
+        super().__init__(coordinator, uid, description)
+
+    @property
+    def native_value(self) -> StateType:
+        """The value from the gateway's latest reading of the node."""
+        node = self.node
+        return None if node is None else self.entity_description.value_fn(node)
 
 
 class PeerGridGridSensor(SensorEntity):

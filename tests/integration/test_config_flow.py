@@ -12,20 +12,24 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Generator
 import contextlib
+from ipaddress import ip_address
 import socket
 from typing import Any
 from unittest.mock import AsyncMock, patch
 
-from homeassistant.config_entries import SOURCE_DHCP, SOURCE_USER
+from homeassistant.config_entries import SOURCE_DHCP, SOURCE_SYSTEM, SOURCE_USER, SOURCE_ZEROCONF
 from homeassistant.const import CONF_HOST, CONF_PORT
 from homeassistant.core import HomeAssistant
 from homeassistant.data_entry_flow import FlowResultType
 from homeassistant.helpers.service_info.dhcp import DhcpServiceInfo
+from homeassistant.helpers.service_info.zeroconf import ZeroconfServiceInfo
 import pytest
 from pytest_homeassistant_custom_component.common import MockConfigEntry
 
-from custom_components.peergrid.const import CONF_KEY, CONF_KIND, DOMAIN, EntryKind
+from custom_components.peergrid.config_flow import PeerGridConfigFlow
+from custom_components.peergrid.const import CONF_DEVICE_ID, CONF_KEY, CONF_KIND, DOMAIN, EntryKind
 from custom_components.peergrid.peergrid_core.protocol import DEFAULT_PORT
+from custom_components.peergrid.peergrid_core.thresholds import BalanceThresholds
 from peergrid_core.sim import NodeSpec, SimulatedGrid
 
 from .conftest import KEY_A, KEY_B
@@ -552,3 +556,144 @@ async def test_reconfigure_aborts_for_another_node(
     assert result["reason"] == "unique_id_mismatch"
     assert result["description_placeholders"] == {"uid": "NODE_B"}
     assert dict(entry.data) == before
+
+
+# ----------------------------------------------------------------- zeroconf (gateways)
+
+GATEWAY = "rpi-4b-prod-01"
+
+
+def _zeroconf(properties: dict[str, Any]) -> ZeroconfServiceInfo:
+    """The announcement an edge gateway makes (edge/advertise.py), with ``properties``."""
+    return ZeroconfServiceInfo(
+        ip_address=ip_address("192.0.2.50"),
+        ip_addresses=[ip_address("192.0.2.50")],
+        port=0,
+        hostname=f"peergrid-{GATEWAY}.local.",
+        type="_peergrid._tcp.local.",
+        name=f"{GATEWAY}._peergrid._tcp.local.",
+        properties=properties,
+    )
+
+
+async def test_zeroconf_discovers_a_gateway(
+    hass: HomeAssistant, mock_setup_entry: AsyncMock
+) -> None:
+    """A gateway's announcement is confirmed by the user and becomes a gateway entry."""
+    result = await hass.config_entries.flow.async_init(
+        DOMAIN,
+        context={"source": SOURCE_ZEROCONF},
+        data=_zeroconf({"device_id": GATEWAY, "version": "0.3.0"}),
+    )
+    assert result["type"] is FlowResultType.FORM
+    assert result["step_id"] == "zeroconf_confirm"
+    assert result["description_placeholders"] == {"name": GATEWAY}
+    (progress,) = hass.config_entries.flow.async_progress_by_handler(DOMAIN)
+    assert progress["context"]["title_placeholders"] == {"name": GATEWAY}
+    assert progress["context"]["unique_id"] == f"gateway:{GATEWAY}"
+
+    result = await hass.config_entries.flow.async_configure(result["flow_id"], {})
+    assert result["type"] is FlowResultType.CREATE_ENTRY
+    assert result["title"] == GATEWAY
+    assert result["data"] == {CONF_KIND: "gateway", CONF_DEVICE_ID: GATEWAY}
+    assert result["result"].unique_id == f"gateway:{GATEWAY}"
+    assert len(mock_setup_entry.mock_calls) == 1
+
+
+async def test_zeroconf_of_a_configured_gateway(hass: HomeAssistant) -> None:
+    """A gateway that already has its entry is not offered again."""
+    MockConfigEntry(
+        domain=DOMAIN,
+        title=GATEWAY,
+        unique_id=f"gateway:{GATEWAY}",
+        data={CONF_KIND: EntryKind.GATEWAY, CONF_DEVICE_ID: GATEWAY},
+    ).add_to_hass(hass)
+    result = await hass.config_entries.flow.async_init(
+        DOMAIN, context={"source": SOURCE_ZEROCONF}, data=_zeroconf({"device_id": GATEWAY})
+    )
+    assert result["type"] is FlowResultType.ABORT
+    assert result["reason"] == "already_configured"
+
+
+async def test_zeroconf_gateway_named_like_a_node_is_its_own_entry(hass: HomeAssistant) -> None:
+    """A gateway whose device id equals a configured node's uid is still offered."""
+    MockConfigEntry(
+        domain=DOMAIN, title=GATEWAY, unique_id=GATEWAY, data={CONF_KIND: EntryKind.NODE}
+    ).add_to_hass(hass)
+    result = await hass.config_entries.flow.async_init(
+        DOMAIN, context={"source": SOURCE_ZEROCONF}, data=_zeroconf({"device_id": GATEWAY})
+    )
+    assert result["type"] is FlowResultType.FORM
+    assert result["step_id"] == "zeroconf_confirm"
+
+
+@pytest.mark.parametrize(
+    "properties",
+    [
+        pytest.param({"version": "0.3.0"}, id="missing"),
+        pytest.param({"device_id": ""}, id="empty"),
+        pytest.param({"device_id": "rpi 4b/prod"}, id="bad_characters"),
+        pytest.param({"device_id": "x" * 65}, id="too_long"),
+    ],
+)
+async def test_zeroconf_without_a_valid_device_id(
+    hass: HomeAssistant, properties: dict[str, Any]
+) -> None:
+    """A service without a valid device id in its TXT record is no gateway: nothing is offered."""
+    result = await hass.config_entries.flow.async_init(
+        DOMAIN, context={"source": SOURCE_ZEROCONF}, data=_zeroconf(properties)
+    )
+    assert result["type"] is FlowResultType.ABORT
+    assert result["reason"] == "not_peergrid_gateway"
+    assert not hass.config_entries.flow.async_progress_by_handler(DOMAIN)
+
+
+# ----------------------------------------------------------------- grid entry and its options
+
+
+async def test_system_step_creates_the_one_grid_entry(hass: HomeAssistant) -> None:
+    """The integration's own flow creates the grid entry once; a second one aborts."""
+    result = await hass.config_entries.flow.async_init(
+        DOMAIN, context={"source": SOURCE_SYSTEM}, data={CONF_KIND: EntryKind.GRID}
+    )
+    assert result["type"] is FlowResultType.CREATE_ENTRY
+    assert result["title"] == "PeerGrid grid"
+    assert result["data"] == {CONF_KIND: "grid"}
+    assert result["result"].unique_id == "grid"
+
+    again = await hass.config_entries.flow.async_init(
+        DOMAIN, context={"source": SOURCE_SYSTEM}, data={CONF_KIND: EntryKind.GRID}
+    )
+    assert again["type"] is FlowResultType.ABORT
+    assert again["reason"] == "already_configured"
+
+
+async def test_only_the_grid_entry_has_options(hass: HomeAssistant) -> None:
+    """Node and gateway entries are reconfigured or rediscovered, never given options."""
+    grid = MockConfigEntry(domain=DOMAIN, unique_id="grid", data={CONF_KIND: EntryKind.GRID})
+    node = MockConfigEntry(domain=DOMAIN, unique_id="NODE_A", data={CONF_KIND: EntryKind.NODE})
+    assert PeerGridConfigFlow.async_supports_options_flow(grid)
+    assert not PeerGridConfigFlow.async_supports_options_flow(node)
+
+
+async def test_grid_options_refuse_thresholds_that_collide(hass: HomeAssistant) -> None:
+    """The form starts at the current thresholds; a clash is shown, a valid set is stored."""
+    entry = MockConfigEntry(domain=DOMAIN, unique_id="grid", data={CONF_KIND: EntryKind.GRID})
+    entry.add_to_hass(hass)
+    defaults = BalanceThresholds().as_dict()
+
+    result = await hass.config_entries.options.async_init(entry.entry_id)
+    assert result["type"] is FlowResultType.FORM
+    assert result["step_id"] == "init"
+    assert _suggested(result, "soc_low") == defaults["soc_low"]
+
+    bad = {**defaults, "soc_low": 50, "soc_high": 50}
+    result = await hass.config_entries.options.async_configure(result["flow_id"], bad)
+    assert result["type"] is FlowResultType.FORM
+    assert result["errors"] == {"soc_high": "invalid_threshold"}
+    assert _suggested(result, "soc_low") == 50
+
+    good = {**defaults, "balance_deadband": 25}
+    result = await hass.config_entries.options.async_configure(result["flow_id"], good)
+    assert result["type"] is FlowResultType.CREATE_ENTRY
+    assert entry.options["balance_deadband"] == 25
