@@ -34,7 +34,7 @@ from .peergrid_core.balancer import BalancePlan, NodeSoc, SocBalancer
 from .peergrid_core.errors import PeerGridConnectionError, PeerGridError
 from .peergrid_core.events import ScheduleEvent
 from .peergrid_core.protocol import CommandRefusedError
-from .peergrid_core.schedule import schedule_commands
+from .peergrid_core.schedule import grid_summary, schedule_commands
 from .peergrid_core.thresholds import BalanceThresholds
 from .peergrid_core.transfer import (
     DEFAULT_ENERGY_WH,
@@ -232,8 +232,8 @@ class PeerGridGrid:
     @property
     def soc_spread(self) -> float | None:
         """Highest minus lowest SoC of the online nodes, in percent."""
-        socs = [node.soc_pct for node in self.node_socs() if node.online]
-        return round(max(socs) - min(socs), 1) if socs else None
+        spread = grid_summary([node for node in self.node_socs() if node.online]).soc_spread
+        return None if spread is None else round(spread, 1)
 
     def transfers(self, *, limit: int = 20, active_only: bool = False) -> list[TransferRecord]:
         """The newest transfers first: running ones, then the history."""
