@@ -4,10 +4,15 @@
 
 * one supervised protocol connection per node (:class:`~.nodes.NodeHandle`);
 * the **cycle**: every ``cycle_s`` a node-data ping with the nodes' latest
-  readings, and a DePIN heartbeat into the outbox;
+  readings, and a DePIN heartbeat into the outbox; a node-data ping also goes
+  out at once after a schedule was applied and whenever a node comes or goes
+  or its mode or state changes (a command took effect, a trip), so Home
+  Assistant, which meters transfers through the gateway from these pings,
+  sees it at once;
 * the **event stream** (``GET /api/peergrid/iot/events?device_id=...``):
   ``schedule`` events are carried out with leases (discharge -> SUPPLY,
-  charge -> RECEIVE, idle or no command -> IDLE);
+  charge -> RECEIVE, idle or no command -> IDLE), with the energy budget and
+  cut-off a command carries;
 * the **forwarder**, delivering the outbox in order while Home Assistant is
   reachable;
 * the **silence watch**: when nothing has come over the event stream (no
@@ -50,6 +55,7 @@ from peergrid_core.events import (
     ScheduleData,
     ScheduleEvent,
 )
+from peergrid_core.gateway_link import NodeCommand
 from peergrid_core.payloads import (
     DepinHeartbeat,
     DepinRegistration,
@@ -58,7 +64,14 @@ from peergrid_core.payloads import (
     NodeDataPing,
     NodeState,
 )
-from peergrid_core.protocol import Backoff, ConnectionState, Mode, NodePush, Status
+from peergrid_core.protocol import (
+    Backoff,
+    ConnectionState,
+    Mode,
+    NodePush,
+    NodeState as StatusState,
+    Status,
+)
 
 from . import SOURCE_NAME, __version__
 from .advertise import GatewayAdvertiser
@@ -164,12 +177,16 @@ class Gateway:
         self._online = False
         self._online_lock = asyncio.Lock()
         self._schedule_lock = asyncio.Lock()
+        self._ping_lock = asyncio.Lock()
+        self._ping_wanted = asyncio.Event()
+        self._seen_states: dict[str, tuple[Mode, StatusState]] = {}
         self._wake = asyncio.Event()
         self._stream_open = False
         self._last_heard = 0.0
         self._tasks: list[asyncio.Task[None]] = []
         self._unsubscribe: list[Callable[[], None]] = []
         self._started_at = 0.0
+        self._started_wall: datetime | None = None
         self.heartbeats_sent = 0
         """Heartbeat pings Home Assistant accepted since start."""
 
@@ -214,6 +231,7 @@ class Gateway:
                 2 * HA_KEEPALIVE_S,
             )
         self._started_at = self._last_heard = self._monotonic()
+        self._started_wall = self._wall_clock()
         self._queue_registration()
         for uid, handle in self._handles.items():
             self._unsubscribe.append(handle.client.listen(self._push_listener(uid)))
@@ -224,6 +242,7 @@ class Gateway:
             asyncio.create_task(self._stream_loop(), name="peergrid-gateway-events"),
             asyncio.create_task(self._forward_loop(), name="peergrid-gateway-outbox"),
             asyncio.create_task(self._silence_watch(), name="peergrid-gateway-silence"),
+            asyncio.create_task(self._prompt_ping_loop(), name="peergrid-gateway-prompt-ping"),
         ]
         if self._advertiser is not None:
             await self._advertiser.start()
@@ -321,15 +340,41 @@ class Gateway:
         self._queue_depin_heartbeat()
         if not await self._ensure_online():
             return
-        ping = await self._node_data()
-        if ping is None:
-            _LOGGER.debug("No node has readings yet; no node-data ping this cycle")
-            return
-        try:
-            response = await self.backend.post(PING_PATH, ping.model_dump(mode="json"))
-        except PeerGridConnectionError as err:
-            self._set_offline(str(err))
-            return
+        await self._send_node_data()
+
+    def _ping_soon(self) -> None:
+        """Have a node-data ping sent now, outside the cycle (changes coalesce)."""
+        self._ping_wanted.set()
+
+    async def _prompt_ping_loop(self) -> None:
+        while True:
+            await self._ping_wanted.wait()
+            self._ping_wanted.clear()
+            if not self._online:
+                continue  # the cycle reconnects; its ping carries the news
+            try:
+                await self._send_node_data()
+            except Exception:
+                _LOGGER.exception("Sending node data failed")
+
+    async def _send_node_data(self) -> None:
+        """Build and send one node-data ping.
+
+        Pings are built and sent one at a time, so Home Assistant receives
+        them in the order the readings were taken: a ping showing a node
+        before a command took effect never arrives after one showing it
+        after.
+        """
+        async with self._ping_lock:
+            ping = await self._node_data()
+            if ping is None:
+                _LOGGER.debug("No node has readings yet; no node-data ping")
+                return
+            try:
+                response = await self.backend.post(PING_PATH, ping.model_dump(mode="json"))
+            except PeerGridConnectionError as err:
+                self._set_offline(str(err))
+                return
         if response.status >= 500:
             self._set_offline(f"HTTP {response.status} from {PING_PATH}")
         elif not response.ok:
@@ -354,6 +399,16 @@ class Gateway:
                     "voltage": status.mv / 1000,
                     "soc": status.soc / 10,
                     "state": NodeState(status.mode.value),
+                    # PeerGrid's extension: what Home Assistant meters transfers with.
+                    "telemetry": {
+                        "e_out_mwh": status.e_out_mwh,
+                        "e_in_mwh": status.e_in_mwh,
+                        "uptime_s": status.uptime_s,
+                        "ma": status.ma,
+                        "mw": status.mw,
+                        "trip": status.last_trip if status.state is StatusState.TRIPPED else None,
+                        "limit_mwh": handle.held_limit_mwh,
+                    },
                 }
             )
         if not details:
@@ -433,6 +488,11 @@ class Gateway:
         def on_push(push: NodePush) -> None:
             if isinstance(push, Status) and push.uid == uid:
                 self.tracker.observe(uid, push)
+                seen = (push.mode, push.state)
+                if self._seen_states.get(uid) != seen:
+                    # The node came online, a command took effect, or it stopped on its own.
+                    self._ping_soon()
+                self._seen_states[uid] = seen
 
         return on_push
 
@@ -440,6 +500,8 @@ class Gateway:
         def on_state(state: ConnectionState) -> None:
             if state is ConnectionState.DISCONNECTED:
                 self.tracker.lost(uid)
+                self._seen_states.pop(uid, None)
+                self._ping_soon()  # Home Assistant learns at once that the node is gone
 
         return on_state
 
@@ -571,31 +633,63 @@ class Gateway:
         """Carry out a scheduler run: every node gets its command, or IDLE without one.
 
         Stops come first (receivers before suppliers, so a bus never carries a
-        charger without its supply), then suppliers start, then receivers.
+        charger without its supply), then suppliers start, then receivers. A
+        command's ``limit_mwh`` and ``min_mv`` go into the node's command. A
+        node-data ping follows, so Home Assistant sees the outcome at once.
+
+        A schedule issued before this gateway started (the one standing when
+        it connected) asked for transfers its restart ended: every node was
+        released when the previous run stopped. Its SUPPLY and RECEIVE
+        commands are taken as carried out and not sent; Home Assistant sees
+        the nodes idle and ends those transfers.
         """
         if schedule.device_id != self.config.device_id:
             return
-        wanted = schedule.node_commands()
+        before_start = (
+            schedule.issued_at is not None
+            and self._started_wall is not None
+            and schedule.issued_at < self._started_wall
+        )
+        wanted = {command.uid: command for command in schedule.commands}
         unknown = sorted(set(wanted) - set(self._handles))
         if unknown:
             _LOGGER.warning("Schedule names nodes this gateway does not have: %s", unknown)
-        targets = {uid: Mode(wanted.get(uid, NodeState.IDLE).value) for uid in self._handles}
+        targets: dict[str, NodeCommand] = {}
+        for uid in self._handles:
+            command = wanted.get(uid)
+            mode = Mode((command.node_command if command else NodeState.IDLE).value)
+            targets[uid] = NodeCommand(
+                mode=mode,
+                limit_mwh=command.limit_mwh if command and mode is not Mode.IDLE else None,
+                min_mv=command.min_mv if command and mode is Mode.SUPPLY else None,
+            )
         async with self._schedule_lock:
             self.last_schedule = schedule
             for group in self._ordered(targets):
                 for uid in group:
-                    await self._handles[uid].apply(targets[uid])
+                    handle, target = self._handles[uid], targets[uid]
+                    if before_start and target.mode is not Mode.IDLE and handle.applied is None:
+                        _LOGGER.info(
+                            "Not starting %s on node %s again: it was asked for before "
+                            "this gateway started",
+                            target.mode,
+                            uid,
+                        )
+                        handle.applied = target
+                        continue
+                    await handle.apply(target)
+        self._ping_soon()
 
-    def _ordered(self, targets: Mapping[str, Mode]) -> list[list[str]]:
+    def _ordered(self, targets: Mapping[str, NodeCommand]) -> list[list[str]]:
         def held(uid: str) -> Mode:
             return self._handles[uid].keeper.mode
 
-        idle = [uid for uid, mode in targets.items() if mode is Mode.IDLE]
+        idle = [uid for uid, command in targets.items() if command.mode is Mode.IDLE]
         return [
             [uid for uid in idle if held(uid) is Mode.RECEIVE],
             [uid for uid in idle if held(uid) is not Mode.RECEIVE],
-            [uid for uid, mode in targets.items() if mode is Mode.SUPPLY],
-            [uid for uid, mode in targets.items() if mode is Mode.RECEIVE],
+            [uid for uid, command in targets.items() if command.mode is Mode.SUPPLY],
+            [uid for uid, command in targets.items() if command.mode is Mode.RECEIVE],
         ]
 
     async def _release_all(self) -> None:

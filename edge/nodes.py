@@ -21,6 +21,7 @@ import logging
 import socket
 
 from peergrid_core.errors import PeerGridAuthenticationError, PeerGridError
+from peergrid_core.gateway_link import NodeCommand
 from peergrid_core.protocol import ConnectionState, Mode, NodeClient, Status
 from peergrid_core.protocol.lease import LeaseKeeper
 
@@ -67,6 +68,10 @@ class NodeHandle:
         self._task: asyncio.Task[None] | None = None
         self._address: IpAddress | None = None
         self._unsubscribe = self.client.listen_connection(self._on_connection)
+        self.applied: NodeCommand | None = None
+        """The last command carried out (``None``: none yet, or the last one failed)."""
+
+        self._limit_mwh: int | None = None
 
     @property
     def online(self) -> bool:
@@ -130,23 +135,40 @@ class NodeHandle:
                 return self._address
         return None
 
-    async def apply(self, mode: Mode) -> bool:
-        """Hold ``mode`` (renewing its lease) or, for IDLE, release what this gateway holds.
+    @property
+    def held_limit_mwh(self) -> int | None:
+        """The energy budget the node acknowledged for the mode held now (``None``: none held)."""
+        return None if self.keeper.mode is Mode.IDLE else self._limit_mwh
+
+    async def apply(self, command: NodeCommand) -> bool:
+        """Hold the command's mode (renewing its lease) or, for IDLE, release what is held.
 
         IDLE is only sent when this gateway holds the node: a node another
-        controller is using is left alone. Returns whether the node is now
-        where it was asked to be; a refusal or a lost connection is logged.
+        controller is using is left alone. A command carried out before is
+        not sent again: either it still stands (the lease is being renewed)
+        or the node left it on its own (a trip, a lost connection), and a
+        transfer a node stopped is never restarted by a schedule that merely
+        repeats itself. Returns whether the node is now where it was asked
+        to be; a refusal or a lost connection is logged.
         """
-        if mode is self.keeper.mode:
+        mode = command.mode
+        if command == self.applied:
+            return self.keeper.mode is mode
+        if mode is Mode.IDLE:
+            await self.release()
+            self.applied = command
             return True
+        self.applied = None
         if not self.online:
             _LOGGER.warning("Cannot switch node %s to %s: it is offline", self.uid, mode)
-            return mode is Mode.IDLE
+            return False
         try:
-            await self.keeper.hold(mode)
+            ack = await self.keeper.hold(mode, limit_mwh=command.limit_mwh, min_mv=command.min_mv)
         except PeerGridError as err:
             _LOGGER.warning("Node %s did not switch to %s: %s", self.uid, mode, err)
             return False
+        self.applied = command
+        self._limit_mwh = ack.limit_mwh
         _LOGGER.info("Node %s switched to %s", self.uid, mode)
         return True
 

@@ -2,14 +2,23 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
+from functools import partial
+
+from homeassistant.core import callback
 from homeassistant.helpers.device_registry import DeviceEntryType, DeviceInfo
 from homeassistant.helpers.entity import EntityDescription
+from homeassistant.helpers.entity_platform import AddConfigEntryEntitiesCallback
 from homeassistant.helpers.update_coordinator import CoordinatorEntity
 
 from .const import DOMAIN, GRID_UNIQUE_ID, MANUFACTURER, NODE_MODEL
 from .coordinator import PeerGridNodeCoordinator
-from .gateway import PeerGridGatewayCoordinator
+from .gateway import PeerGridGatewayConfigEntry, PeerGridGatewayCoordinator
 from .peergrid_core.payloads import NodeDetail
+
+type GatewayNodeEntityFactory = Callable[
+    [PeerGridGatewayCoordinator, NodeDetail], Iterable[PeerGridGatewayNodeEntity]
+]
 
 
 class PeerGridNodeEntity(CoordinatorEntity[PeerGridNodeCoordinator]):
@@ -74,6 +83,40 @@ class PeerGridGatewayNodeEntity(CoordinatorEntity[PeerGridGatewayCoordinator]):
     def node(self) -> NodeDetail | None:
         """The node's latest reading from the gateway."""
         return self.coordinator.data.nodes.get(self.uid)
+
+
+@callback
+def async_setup_gateway_node_entities(
+    entry: PeerGridGatewayConfigEntry,
+    async_add_entities: AddConfigEntryEntitiesCallback,
+    entities_for: GatewayNodeEntityFactory,
+) -> None:
+    """Add a platform's entities for the gateway's nodes now and whenever nodes join.
+
+    ``entities_for`` gives the entities a node should have (it may give more
+    once the node's pings carry telemetry); an entity already added is not
+    added twice, and one removed with its node's device is added again if
+    the node comes back.
+    """
+    coordinator = entry.runtime_data
+    added: set[str] = set()
+
+    @callback
+    def _add(nodes: Iterable[NodeDetail]) -> None:
+        new: list[PeerGridGatewayNodeEntity] = []
+        for node in nodes:
+            for entity in entities_for(coordinator, node):
+                unique_id = entity.unique_id
+                if unique_id is None or unique_id in added:
+                    continue
+                added.add(unique_id)
+                entity.async_on_remove(partial(added.discard, unique_id))
+                new.append(entity)
+        if new:
+            async_add_entities(new)
+
+    _add(coordinator.nodes.values())
+    entry.async_on_unload(coordinator.async_add_new_nodes_listener(_add))
 
 
 def grid_device_info() -> DeviceInfo:

@@ -17,6 +17,18 @@ gateway's:
   (and its entities with it); if it comes back it is added again. Only the
   gateway's own pings can make a node stale, so a gateway that is switched
   off keeps its nodes (unavailable) instead of losing them all.
+
+The coordinator also commands the gateway's nodes: its
+:class:`~.peergrid_core.gateway_link.GatewayNodes` publishes the gateway's
+schedule (``schedule`` events addressed to its ``device_id``) whenever what
+is asked of a node changes, and confirms each command from the next ping.
+The grid runs transfers through it (a
+:class:`~.peergrid_core.gateway_link.GatewayNodeLink` per node), and the
+nodes' Supply and Receive switches and Mode select drive it. When the entry
+is set up the gateway is told that nothing is asked of it (a gateway that
+reconnects after Home Assistant restarted gets that schedule first, so it
+stops whatever it was doing for the Home Assistant before); when it unloads,
+its transfers are stopped and its nodes left idle.
 """
 
 from __future__ import annotations
@@ -28,12 +40,18 @@ from types import MappingProxyType
 
 from homeassistant.config_entries import ConfigEntry
 from homeassistant.core import CALLBACK_TYPE, HomeAssistant, callback
-from homeassistant.helpers import device_registry as dr
+from homeassistant.exceptions import HomeAssistantError
+from homeassistant.helpers import device_registry as dr, entity_registry as er
 from homeassistant.helpers.update_coordinator import DataUpdateCoordinator
 
 from .const import CONF_DEVICE_ID, DOMAIN, GATEWAY_MODEL, LOGGER, MANUFACTURER
+from .grid import DATA_GRID
 from .iot_hub import DATA_IOT_HUB, GatewayState, IotHub
+from .peergrid_core.errors import PeerGridConnectionError, PeerGridError
+from .peergrid_core.events import ScheduleData, ScheduleEvent
+from .peergrid_core.gateway_link import COMMAND_TIMEOUT_S, GatewayNodes
 from .peergrid_core.payloads import NodeDataPing, NodeDetail
+from .peergrid_core.protocol import Mode
 
 type PeerGridGatewayConfigEntry = ConfigEntry[PeerGridGatewayCoordinator]
 
@@ -77,6 +95,13 @@ class PeerGridGatewayCoordinator(DataUpdateCoordinator[GatewayData]):
         )
         self.device_id: str = entry.data[CONF_DEVICE_ID]
         self._hub: IotHub = hass.data[DATA_IOT_HUB]
+        self.control = GatewayNodes(
+            self.device_id,
+            self._publish_schedule,
+            command_timeout_s=COMMAND_TIMEOUT_S,
+            clock=self._hub.now,
+        )
+        """The gateway's nodes as commands and transfers reach them (schedules out, pings in)."""
         self._nodes: dict[str, NodeDetail] = {}
         self._node_seen_at: dict[str, datetime] = {}
         self._last_seen_at: datetime | None = None
@@ -84,6 +109,7 @@ class PeerGridGatewayCoordinator(DataUpdateCoordinator[GatewayData]):
         self._went_offline = False
         self._new_nodes_listeners: list[NewNodesListener] = []
         self._online = False
+        self._forget_other_gateways(hass, entry)
         # Nodes this entry had before a restart are judged like the others:
         # once the gateway's pings have left one out for the timeout, it goes.
         started = self._hub.now()
@@ -95,6 +121,8 @@ class PeerGridGatewayCoordinator(DataUpdateCoordinator[GatewayData]):
         if (state := self._hub.gateway(self.device_id)) is not None:
             self._absorb(state)
         self._online = self._is_online()
+        if not self._online:
+            self.control.set_offline()
         self.data = GatewayData(
             online=self._online, nodes=dict(self._nodes), reported=self._reported()
         )
@@ -104,10 +132,61 @@ class PeerGridGatewayCoordinator(DataUpdateCoordinator[GatewayData]):
         """The gateway's current nodes by uid (stale ones are dropped)."""
         return MappingProxyType(self._nodes)
 
+    def _forget_other_gateways(
+        self, hass: HomeAssistant, entry: PeerGridGatewayConfigEntry
+    ) -> None:
+        """Let go of the device and entities of a gateway id this entry was reconfigured from."""
+        devices = dr.async_get(hass)
+        for device in dr.async_entries_for_config_entry(devices, entry.entry_id):
+            if device.model == GATEWAY_MODEL and (DOMAIN, self.device_id) not in device.identifiers:
+                devices.async_update_device(device.id, remove_config_entry_id=entry.entry_id)
+        entities = er.async_get(hass)
+        prefix = f"{self.device_id}_"
+        for entity in er.async_entries_for_config_entry(entities, entry.entry_id):
+            if not entity.unique_id.startswith(prefix):
+                entities.async_remove(entity.entity_id)
+
     @callback
     def async_start(self) -> None:
-        """Listen to the hub's pings until the entry unloads."""
-        self.config_entry.async_on_unload(self._hub.async_add_listener(self._handle_state))
+        """Follow the hub's pings and offer the nodes to transfers until the entry unloads.
+
+        The gateway is told at once that nothing is asked of its nodes.
+        """
+        entry = self.config_entry
+        entry.async_on_unload(self._hub.async_add_listener(self._handle_state))
+        entry.async_on_unload(self.hass.data[DATA_GRID].async_register_gateway(self))
+        self.control.publish_schedule()
+
+    async def async_release(self) -> None:
+        """Stop the transfers through this gateway and leave its nodes idle (entry unloading)."""
+        await self.hass.data[DATA_GRID].async_stop_gateway_transfers(self.device_id)
+        self.control.release_all()
+
+    def _publish_schedule(self, schedule: ScheduleData) -> None:
+        self._hub.publish(ScheduleEvent(data=schedule))
+
+    async def async_command(self, uid: str, mode: Mode) -> None:
+        """Switch node ``uid`` to ``mode`` through the gateway and wait until it reports so.
+
+        IDLE releases the node. Every failure is a translated
+        :class:`HomeAssistantError`; a command that was not confirmed is
+        withdrawn, so the node is left idle.
+        """
+        placeholders = {"name": uid, "mode": mode.value}
+        try:
+            await self.control.command(uid, mode)
+        except PeerGridConnectionError as err:
+            raise HomeAssistantError(
+                translation_domain=DOMAIN,
+                translation_key="gateway_node_unreachable",
+                translation_placeholders={**placeholders, "gateway": self.device_id},
+            ) from err
+        except PeerGridError as err:
+            raise HomeAssistantError(
+                translation_domain=DOMAIN,
+                translation_key="communication_error",
+                translation_placeholders={"name": uid, "error": str(err)},
+            ) from err
 
     @callback
     def async_add_new_nodes_listener(self, listener: NewNodesListener) -> CALLBACK_TYPE:
@@ -144,7 +223,12 @@ class PeerGridGatewayCoordinator(DataUpdateCoordinator[GatewayData]):
                 listener(joined)
 
     def _absorb(self, state: GatewayState) -> list[NodeDetail]:
-        """Take the gateway's latest state; return the nodes that are new."""
+        """Take the gateway's latest state; return the nodes that are new or newly metered.
+
+        A node is newly metered when its ping carries telemetry for the first
+        time (the gateway was upgraded): its energy, current and power
+        sensors are added then.
+        """
         self._last_seen_at = state.last_seen_at
         ping = state.node_data
         if ping is None or state.node_data_at is None:
@@ -153,10 +237,16 @@ class PeerGridGatewayCoordinator(DataUpdateCoordinator[GatewayData]):
             # A heartbeat carries the last node data along: nothing was seen again.
             return []
         self._last_ping = ping
-        joined = [detail for detail in ping.nodes_detail if detail.uid not in self._nodes]
+        joined = [
+            detail
+            for detail in ping.nodes_detail
+            if (known := self._nodes.get(detail.uid)) is None
+            or (known.telemetry is None and detail.telemetry is not None)
+        ]
         for detail in ping.nodes_detail:
             self._nodes[detail.uid] = detail
             self._node_seen_at[detail.uid] = state.node_data_at
+        self.control.observe(ping)
         return joined
 
     def _remove_stale_nodes(self) -> None:
@@ -200,6 +290,9 @@ class PeerGridGatewayCoordinator(DataUpdateCoordinator[GatewayData]):
                 "Gateway %s sent nothing for %s; it is unavailable", self.device_id, GATEWAY_TIMEOUT
             )
         self._online = online
+        if not online:
+            # Back online only with fresh node data (a ping), never on old readings.
+            self.control.set_offline()
         return GatewayData(online=online, nodes=dict(self._nodes), reported=self._reported())
 
     def _reported(self) -> frozenset[str]:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 from homeassistant.components.switch import SwitchEntity, SwitchEntityDescription
 from homeassistant.const import STATE_OFF, EntityCategory
@@ -11,8 +11,11 @@ from homeassistant.core import HomeAssistant
 from homeassistant.helpers.entity_platform import AddConfigEntryEntitiesCallback
 from homeassistant.helpers.restore_state import RestoreEntity
 
+from .const import CONF_KIND, EntryKind
 from .coordinator import PeerGridConfigEntry
-from .entity import PeerGridNodeEntity
+from .entity import PeerGridGatewayNodeEntity, PeerGridNodeEntity, async_setup_gateway_node_entities
+from .gateway import PeerGridGatewayConfigEntry, PeerGridGatewayCoordinator
+from .peergrid_core.payloads import NodeDetail
 from .peergrid_core.protocol import Mode
 
 # Commands move relays: one at a time per platform.
@@ -40,7 +43,13 @@ async def async_setup_entry(
     entry: PeerGridConfigEntry,
     async_add_entities: AddConfigEntryEntitiesCallback,
 ) -> None:
-    """Add the node's relay switches and its Auto-balance switch."""
+    """Add the node's relay switches and its Auto-balance switch, or a gateway's nodes' relays."""
+    if entry.data[CONF_KIND] == EntryKind.GATEWAY:
+        # Gateway entries carry a gateway coordinator (see __init__.py).
+        async_setup_gateway_node_entities(
+            cast("PeerGridGatewayConfigEntry", entry), async_add_entities, _gateway_relays
+        )
+        return
     coordinator = entry.runtime_data
     entities: list[SwitchEntity] = [
         PeerGridRelaySwitch(coordinator, description) for description in RELAY_SWITCHES
@@ -104,3 +113,39 @@ class PeerGridAutoBalanceSwitch(PeerGridNodeEntity, SwitchEntity, RestoreEntity)
     def _set(self, value: bool) -> None:
         self.coordinator.auto_balance = value
         self.async_write_ha_state()
+
+
+def _gateway_relays(
+    coordinator: PeerGridGatewayCoordinator, node: NodeDetail
+) -> list[PeerGridGatewayRelaySwitch]:
+    return [
+        PeerGridGatewayRelaySwitch(coordinator, node.uid, description)
+        for description in RELAY_SWITCHES
+    ]
+
+
+class PeerGridGatewayRelaySwitch(PeerGridGatewayNodeEntity, SwitchEntity):
+    """One relay of a node behind a gateway, switched through the gateway's schedule.
+
+    Turning it on asks the gateway to hold the node in the relay's mode (it
+    renews the lease while the schedule stands) and waits until the
+    gateway's ping shows the node there; the node's interlock keeps the two
+    relays apart as for a direct node.
+    """
+
+    entity_description: PeerGridRelaySwitchDescription
+
+    @property
+    def is_on(self) -> bool | None:
+        """Whether the gateway reports the node in this relay's mode."""
+        node = self.node
+        return None if node is None else node.state.value == self.entity_description.mode.value
+
+    async def async_turn_on(self, **kwargs: Any) -> None:
+        """Switch the node to this relay's mode through the gateway."""
+        await self.coordinator.async_command(self.uid, self.entity_description.mode)
+
+    async def async_turn_off(self, **kwargs: Any) -> None:
+        """Open this relay (the node goes IDLE) if it is the one that is on."""
+        if self.is_on:
+            await self.coordinator.async_command(self.uid, Mode.IDLE)

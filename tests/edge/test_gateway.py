@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Callable
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 import re
 from typing import Any
@@ -435,3 +436,138 @@ async def test_server_errors_count_as_home_assistant_gone(
         fake_ha.fail_with = None
         await until(lambda: len(fake_ha.heartbeats) >= 2, "a heartbeat on recovery")
         await until(lambda: gateway.online, "online again")
+
+
+# ---------------------------------------------------------------- what Home Assistant meters with
+
+
+def schedule_with(
+    commands: list[dict[str, Any]], issued_at: datetime | None = None
+) -> ScheduleData:
+    data: dict[str, Any] = {
+        "device_id": DEVICE_ID,
+        "commands": commands,
+        "grid_summary": {"node_count": 2, "avg_soc": 55.0, "soc_spread": 70.0},
+    }
+    if issued_at is not None:
+        data["issued_at"] = issued_at.isoformat()
+    return ScheduleData.model_validate(data)
+
+
+def detail_of(ping: dict[str, Any], uid: str) -> dict[str, Any]:
+    return next(node for node in ping["nodes_detail"] if node["uid"] == uid)
+
+
+async def test_node_data_carries_telemetry_and_a_schedules_limits_reach_the_node(
+    grid: SimulatedGrid, fake_ha: FakeHomeAssistant, tmp_path: Path
+) -> None:
+    """Counters, current and the applied budget travel in the ping; the node stops at the budget."""
+    async with make_gateway(make_config(grid, fake_ha, tmp_path), grid) as gateway:
+        await until(lambda: gateway.stream_connected and bool(fake_ha.node_data), "first contact")
+        idle = detail_of(fake_ha.node_data[-1], "NODE_A")["telemetry"]
+        status = gateway.nodes["NODE_A"].status
+        assert status is not None
+        assert idle["e_out_mwh"] == status.e_out_mwh
+        assert idle["e_in_mwh"] == status.e_in_mwh
+        assert idle["uptime_s"] <= status.uptime_s
+        assert idle["trip"] is None
+        assert idle["limit_mwh"] is None
+
+        commands = [
+            {"uid": "NODE_A", "action": "discharge", "limit_mwh": 800, "min_mv": 3400},
+            {"uid": "NODE_B", "action": "charge", "limit_mwh": 800},
+        ]
+        fake_ha.publish_schedule(schedule_with(commands))
+        await until(lambda: gateway.nodes["NODE_A"].held_limit_mwh == 800, "A holding 800 mWh")
+        await until(
+            lambda: detail_of(fake_ha.node_data[-1], "NODE_A")["state"] == "SUPPLY",
+            "SUPPLY in node data",
+        )
+        supplying = detail_of(fake_ha.node_data[-1], "NODE_A")["telemetry"]
+        assert supplying["limit_mwh"] == 800
+        assert supplying["ma"] > 0
+
+        # The node's own budget ends the transfer: it trips, and the ping says why.
+        await until(lambda: relays(grid, "NODE_A") == (False, False), "A stopped at 800 mWh")
+        await until(
+            lambda: (
+                detail_of(fake_ha.node_data[-1], "NODE_A")["telemetry"]["trip"] == "energy_limit"
+            ),
+            "the trip in node data",
+        )
+        tripped = detail_of(fake_ha.node_data[-1], "NODE_A")
+        assert tripped["state"] == "IDLE"
+        assert 800 <= tripped["telemetry"]["e_out_mwh"] < 900
+        assert tripped["telemetry"]["limit_mwh"] is None
+
+        # The same schedule again does not restart what the node stopped...
+        fake_ha.publish_schedule(schedule_with(commands))
+        await grid.sleep(3 * CYCLE_S)
+        assert relays(grid, "NODE_A") == (False, False)
+        # ...a new command (after idle) does.
+        fake_ha.publish_schedule(schedule())
+        fake_ha.publish_schedule(schedule(NODE_A="discharge"))
+        await until(lambda: relays(grid, "NODE_A") == (True, False), "A supplying again")
+        # Without a budget in the schedule, the node applies its own.
+        await until(lambda: gateway.nodes["NODE_A"].held_limit_mwh == 10_000, "its own budget")
+
+
+async def test_a_ping_follows_each_schedule_without_waiting_for_the_cycle(
+    grid: SimulatedGrid, fake_ha: FakeHomeAssistant, tmp_path: Path
+) -> None:
+    """With an hour-long cycle, Home Assistant still sees a command take effect at once."""
+    config = make_config(grid, fake_ha, tmp_path, cycle_s=3600)
+    async with make_gateway(config, grid) as gateway:
+        await until(lambda: gateway.stream_connected and bool(fake_ha.node_data), "first contact")
+        await until(
+            lambda: all(h.status is not None for h in gateway.nodes.values()), "node status"
+        )
+        seen = len(fake_ha.node_data)
+        fake_ha.publish_schedule(schedule(NODE_A="discharge", NODE_B="charge"))
+        await until(
+            lambda: any(
+                [n["state"] for n in ping["nodes_detail"]] == ["SUPPLY", "RECEIVE"]
+                for ping in fake_ha.node_data[seen:]
+            ),
+            "node data showing the schedule applied",
+        )
+        seen = len(fake_ha.node_data)
+        fake_ha.publish_schedule(schedule())
+        await until(
+            lambda: any(
+                [n["state"] for n in ping["nodes_detail"]] == ["IDLE", "IDLE"]
+                for ping in fake_ha.node_data[seen:]
+            ),
+            "node data showing both idle",
+        )
+
+
+async def test_a_schedule_from_before_the_start_is_not_started_again(
+    grid: SimulatedGrid, fake_ha: FakeHomeAssistant, tmp_path: Path
+) -> None:
+    """The schedule standing when the gateway connects asked for what its restart ended."""
+    async with make_gateway(make_config(grid, fake_ha, tmp_path), grid) as gateway:
+        await start_transfer(gateway, fake_ha, grid)
+        started = datetime.now(UTC)
+    async with make_gateway(make_config(grid, fake_ha, tmp_path), grid) as second:
+        await until(lambda: second.stream_connected, "the event stream")
+        await until(lambda: all(h.status is not None for h in second.nodes.values()), "status")
+        before = schedule_with(
+            [{"uid": "NODE_A", "action": "discharge"}, {"uid": "NODE_B", "action": "charge"}],
+            issued_at=started - timedelta(seconds=5),
+        )
+        await second.apply_schedule(before)
+        assert relays(grid, "NODE_A") == (False, False)
+        assert relays(grid, "NODE_B") == (False, False)
+        assert second.nodes["NODE_A"].keeper.mode is Mode.IDLE
+
+        # What Home Assistant asks from now on is carried out.
+        await second.apply_schedule(schedule_with([], issued_at=datetime.now(UTC)))
+        await second.apply_schedule(
+            schedule_with(
+                [{"uid": "NODE_A", "action": "discharge"}, {"uid": "NODE_B", "action": "charge"}],
+                issued_at=datetime.now(UTC),
+            )
+        )
+        assert relays(grid, "NODE_A") == (True, False)
+        assert relays(grid, "NODE_B") == (False, True)

@@ -31,9 +31,11 @@ from pydantic import (
     BeforeValidator,
     Field,
     JsonValue,
+    Strict,
     TypeAdapter,
     ValidationError,
     field_validator,
+    model_serializer,
     model_validator,
 )
 from pydantic_core import InitErrorDetails
@@ -48,6 +50,7 @@ from .payload_fields import (
     QualityFactor,
     ReportId,
     TokenPrice,
+    UtcTimestamp,
     WireCount,
     WirePercent,
     field_error,
@@ -61,6 +64,7 @@ from .payloads import (
     NodeDataPing,
     NodeState,
     ReportKilowattHours,
+    omit_absent,
 )
 from .tokens import carbon_credit_kg, tokens_minted
 
@@ -154,10 +158,29 @@ type SchedulerActionValue = Annotated[SchedulerAction, BeforeValidator(_action_t
 
 
 class ScheduleCommand(PayloadModel):
-    """One node's instruction in a schedule."""
+    """One node's instruction in a schedule.
+
+    ``limit_mwh`` and ``min_mv`` are PeerGrid extensions (left out of the JSON
+    when absent): the energy budget and the SUPPLY cut-off voltage the gateway
+    passes on in the node's command, in the node protocol's units. Home
+    Assistant sets them for a transfer, so that the node stops itself at the
+    transfer's energy target even when Home Assistant is slow or gone; without
+    them the node applies its own defaults.
+    """
 
     uid: NodeUid
     action: SchedulerActionValue
+    limit_mwh: Annotated[int, Strict(), Field(ge=1, le=100_000)] | None = None
+    """Energy budget for a discharge or charge, mWh (ignored for idle)."""
+
+    min_mv: Annotated[int, Strict(), Field(ge=3_000, le=4_200)] | None = None
+    """SUPPLY cut-off voltage for a discharge, mV (ignored otherwise)."""
+
+    # A lambda: pydantic would take the JSON Schema of the output from an
+    # annotated return type instead of from the fields.
+    _omit_absent_limits = model_serializer(mode="wrap")(
+        lambda self, handler: omit_absent(handler(self), "limit_mwh", "min_mv")
+    )
 
     @property
     def node_command(self) -> NodeState:
@@ -213,11 +236,24 @@ class ScheduleData(PayloadModel):
 
     Nodes without a command stay idle. Each node appears at most once, and
     there are no more commands than nodes in the summary.
+
+    ``issued_at`` is a PeerGrid extension (left out of the JSON when absent):
+    when the scheduler issued the schedule. A gateway that starts receives
+    the schedule standing at that moment, issued before it started; its
+    restart released every node, so it does not start again what that
+    schedule asked for (a transfer the controller has seen end).
     """
 
     device_id: DeviceId
     commands: Annotated[tuple[ScheduleCommand, ...], Field(max_length=MAX_NODES_PER_GATEWAY)]
     grid_summary: GridSummary
+    issued_at: UtcTimestamp | None = None
+
+    # A lambda: pydantic would take the JSON Schema of the output from an
+    # annotated return type instead of from the fields.
+    _omit_absent_issue_time = model_serializer(mode="wrap")(
+        lambda self, handler: omit_absent(handler(self), "issued_at")
+    )
 
     @model_validator(mode="after")
     def _check_commands(self) -> Self:

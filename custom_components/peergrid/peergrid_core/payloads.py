@@ -25,6 +25,13 @@ Policy shared by every model here:
 
 Field types and their wire rules (numbers stay numbers, timestamps carry an
 offset, identifiers follow a pattern) are in :mod:`.payload_fields`.
+
+**PeerGrid extensions.** A node's detail may carry ``telemetry``
+(:class:`NodeTelemetry`), which the specification does not define: the node's
+own energy counters and readings, so that Home Assistant can meter a transfer
+through a gateway and show the same sensors as for a directly connected node.
+It is optional on input, and left out of the output when absent, so a
+specification payload reads and writes exactly as before.
 """
 
 from __future__ import annotations
@@ -33,7 +40,7 @@ from collections import Counter
 from collections.abc import Iterable, Mapping
 from datetime import datetime
 from enum import StrEnum
-from typing import Annotated, Final, Literal, Self
+from typing import Annotated, Any, Final, Literal, Self
 
 from pydantic import (
     BeforeValidator,
@@ -42,6 +49,7 @@ from pydantic import (
     Strict,
     TypeAdapter,
     field_validator,
+    model_serializer,
     model_validator,
 )
 from pydantic_core import InitErrorDetails, PydanticCustomError
@@ -69,7 +77,9 @@ from .payload_fields import (
     raise_field_errors,
     receiver_differs,
 )
+from .protocol.codes import TripReason
 from .tokens import KWH_MAX, KWH_MIN
+from .units import MilliAmps, MilliWattHours, MilliWatts
 
 __all__ = [
     "HEARTBEAT_STATUS",
@@ -87,8 +97,10 @@ __all__ = [
     "NodeDataPing",
     "NodeDetail",
     "NodeState",
+    "NodeTelemetry",
     "PingPayload",
     "ReportKilowattHours",
+    "omit_absent",
     "parse_ping",
     "parse_ping_json",
 ]
@@ -142,6 +154,20 @@ type ReportKilowattHours = Annotated[MeasuredKilowattHours, Field(ge=KWH_MIN, le
 """Energy of one reported transfer: 0.001 to 10 kWh, exact to one milliwatt-hour."""
 
 
+def omit_absent(data: Any, *names: str) -> Any:
+    """Drop the keys ``names`` from serialised ``data`` where they are ``None``.
+
+    The serialiser of a model with optional PeerGrid extensions: an extension
+    that is not there stays out of the JSON instead of appearing as ``null``,
+    so the specification's payloads serialise exactly as they arrived.
+    """
+    if isinstance(data, dict):
+        for name in names:
+            if name in data and data[name] is None:
+                del data[name]
+    return data
+
+
 def _duplicate_uid_errors(field: str, uids: Iterable[str]) -> list[InitErrorDetails]:
     """Errors for every repeated uid in a node list, at the repeated entry."""
     seen: set[str] = set()
@@ -182,6 +208,43 @@ class ConnectedNode(PayloadModel):
     """Cell voltage, volts."""
 
 
+class NodeTelemetry(PayloadModel):
+    """A PeerGrid extension of a node's detail: what the node's own status says.
+
+    Not part of the specification. The values are copied from the node's
+    latest ``status`` frame in the node protocol's integer units (see
+    ``docs/protocol.md``), so nothing is lost to rounding: Home Assistant
+    meters a transfer through a gateway from these counters exactly as it
+    meters a direct one from the node's status.
+    """
+
+    e_out_mwh: Annotated[MilliWattHours, Strict()]
+    """Energy the node has supplied since it booted (monotonic), mWh."""
+
+    e_in_mwh: Annotated[MilliWattHours, Strict()]
+    """Energy the node has taken in since it booted (monotonic), mWh."""
+
+    uptime_s: Annotated[int, Strict(), Field(ge=0, le=9_999_999_999)]
+    """Seconds since the node booted; a smaller value than before means it rebooted
+    (and its counters restarted from zero)."""
+
+    ma: Annotated[MilliAmps, Strict()] | None = None
+    """Cell current, mA, positive out of the cell; ``None`` while the sensor does not read."""
+
+    mw: Annotated[MilliWatts, Strict()] | None = None
+    """Cell power, mW, positive out of the cell; ``None`` while the sensor does not read."""
+
+    trip: TripReason | None = None
+    """Set while the node is tripped: the safety rule that stopped its last transfer.
+
+    A tripped node reports ``IDLE`` as its ``state`` (the specification has no
+    fault state); this says why. Cleared by the node's next accepted command."""
+
+    limit_mwh: Annotated[int, Strict(), Field(ge=1, le=100_000)] | None = None
+    """The energy budget the node applies to the mode its gateway holds it in (the
+    stricter of the command's and its own), mWh; ``None`` while it is held in none."""
+
+
 class NodeDetail(PayloadModel):
     """Full telemetry of one connected node."""
 
@@ -197,6 +260,15 @@ class NodeDetail(PayloadModel):
 
     state: NodeStateValue
     """Relay state the node reports."""
+
+    telemetry: NodeTelemetry | None = None
+    """PeerGrid extension: the node's own counters and readings (absent: not sent)."""
+
+    # A lambda: pydantic would take the JSON Schema of the output from an
+    # annotated return type instead of from the fields.
+    _omit_absent_telemetry = model_serializer(mode="wrap")(
+        lambda self, handler: omit_absent(handler(self), "telemetry")
+    )
 
 
 class NodeDataPing(PayloadModel):
