@@ -15,25 +15,35 @@ from .coordinator import PeerGridConfigEntry, PeerGridNodeCoordinator
 from .gateway import PeerGridGatewayConfigEntry, PeerGridGatewayCoordinator
 from .grid import DATA_GRID, PeerGridGrid
 from .http_api import async_setup_http_api
+from .ledger import DATA_LEDGER, PeerGridLedger
 from .services import async_setup_services
+from .stellar import (
+    PeerGridStellarConfigEntry,
+    async_setup_stellar_entry,
+    async_unload_stellar_entry,
+)
 
 PLATFORMS: list[Platform] = [Platform.SELECT, Platform.SENSOR, Platform.SWITCH]
 GRID_PLATFORMS: list[Platform] = [Platform.SENSOR]
-PLATFORMS_GATEWAY: list[Platform] = [Platform.SENSOR]
+PLATFORMS_GATEWAY: list[Platform] = [Platform.SELECT, Platform.SENSOR, Platform.SWITCH]
 
 CONFIG_SCHEMA = cv.config_entry_only_config_schema(DOMAIN)
 
 
 async def async_setup(hass: HomeAssistant, config: ConfigType) -> bool:
-    """Set up the grid (transfers, history), PeerGrid's actions and its IoT HTTP API."""
+    """Set up the grid, the ledger, PeerGrid's actions and its IoT HTTP API."""
     grid = PeerGridGrid(hass)
     await grid.async_load()
     hass.data[DATA_GRID] = grid
+    ledger = PeerGridLedger(hass, grid)
+    await ledger.async_setup()
+    hass.data[DATA_LEDGER] = ledger
     async_setup_services(hass)
     await async_setup_http_api(hass)
 
     async def _async_stop_transfers(event: Event) -> None:
         await grid.async_shutdown()
+        await ledger.async_shutdown()
 
     hass.bus.async_listen_once(EVENT_HOMEASSISTANT_STOP, _async_stop_transfers)
     return True
@@ -44,6 +54,9 @@ async def async_setup_entry(hass: HomeAssistant, entry: PeerGridConfigEntry) -> 
     if entry.data[CONF_KIND] == EntryKind.GRID:
         await hass.config_entries.async_forward_entry_setups(entry, GRID_PLATFORMS)
         entry.async_on_unload(entry.add_update_listener(_async_options_updated))
+        return True
+    if entry.data[CONF_KIND] == EntryKind.LEDGER:
+        await async_setup_stellar_entry(hass, cast("PeerGridStellarConfigEntry", entry))
         return True
     if entry.data[CONF_KIND] == EntryKind.GATEWAY:
         # A gateway entry's runtime data is its gateway coordinator.
@@ -78,9 +91,14 @@ async def async_unload_entry(hass: HomeAssistant, entry: PeerGridConfigEntry) ->
     """Unload the entities; a node is left IDLE and its session closed."""
     if entry.data[CONF_KIND] == EntryKind.GRID:
         return await hass.config_entries.async_unload_platforms(entry, GRID_PLATFORMS)
+    if entry.data[CONF_KIND] == EntryKind.LEDGER:
+        return await async_unload_stellar_entry(hass, cast("PeerGridStellarConfigEntry", entry))
     if entry.data[CONF_KIND] == EntryKind.GATEWAY:
         # The hub listener and the availability timer go with the entry's on-unload callbacks.
-        return await hass.config_entries.async_unload_platforms(entry, PLATFORMS_GATEWAY)
+        unloaded = await hass.config_entries.async_unload_platforms(entry, PLATFORMS_GATEWAY)
+        if unloaded:
+            await cast("PeerGridGatewayConfigEntry", entry).runtime_data.async_release()
+        return unloaded
     unloaded = await hass.config_entries.async_unload_platforms(entry, PLATFORMS)
     if unloaded:
         grid = hass.data[DATA_GRID]
@@ -100,6 +118,8 @@ async def async_remove_config_entry_device(
     """
     if entry.data[CONF_KIND] == EntryKind.GRID:
         return (DOMAIN, GRID_UNIQUE_ID) not in device.identifiers
+    if entry.data[CONF_KIND] == EntryKind.LEDGER:
+        return False
     if entry.data[CONF_KIND] == EntryKind.GATEWAY:
         gateway = cast("PeerGridGatewayConfigEntry", entry).runtime_data
         live = {gateway.device_id, *gateway.nodes}

@@ -21,6 +21,11 @@ CONF_DEVICE_ID: Final = "device_id"
 
 GATEWAY_MODEL: Final = "Edge gateway (Raspberry Pi)"
 
+ENERGY_TOKEN_UNIT: Final = "ENRG"  # noqa: S105 - a unit symbol, not a secret
+"""Unit of energy tokens (one token is one watt-hour at quality factor 1)."""
+REWARD_TOKEN_UNIT: Final = "LT"  # noqa: S105 - a unit symbol, not a secret
+"""Unit of DePIN reward tokens."""
+
 
 class EntryKind(StrEnum):
     """The kinds of PeerGrid config entries.
@@ -30,12 +35,14 @@ class EntryKind(StrEnum):
     several nodes over HTTP; each node becomes a device ``via_device`` the
     gateway, with its voltage, battery and state sensors.
     The one grid entry holds grid-wide settings (balance thresholds) and
-    sensors; the integration creates it with the first node.
+    sensors; the integration creates it with the first node. The optional
+    ledger entry anchors the embedded ledger's mints on Stellar Soroban.
     """
 
     NODE = "node"
     GATEWAY = "gateway"
     GRID = "grid"
+    LEDGER = "ledger"
 
 
 LEASE_SECONDS: Final = 30

@@ -10,13 +10,16 @@ event bus and maps their errors to translated Home Assistant errors.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from homeassistant.core import CALLBACK_TYPE, HomeAssistant, callback
 from homeassistant.exceptions import HomeAssistantError, ServiceValidationError
+from homeassistant.helpers import device_registry as dr
 from homeassistant.helpers.storage import Store
 from homeassistant.util.hass_dict import HassKey
+from pydantic import ValidationError
 
 from .const import (
     CONF_KIND,
@@ -33,12 +36,14 @@ from .iot_hub import DATA_IOT_HUB
 from .peergrid_core.balancer import BalancePlan, NodeSoc, SocBalancer
 from .peergrid_core.errors import PeerGridConnectionError, PeerGridError
 from .peergrid_core.events import ScheduleEvent
+from .peergrid_core.gateway_link import GatewayNodeLink
 from .peergrid_core.protocol import CommandRefusedError
-from .peergrid_core.schedule import grid_summary, schedule_commands
+from .peergrid_core.schedule import schedule_commands, soc_spread
 from .peergrid_core.thresholds import BalanceThresholds
 from .peergrid_core.transfer import (
     DEFAULT_ENERGY_WH,
     ClientNodeLink,
+    NodeLink,
     StopReason,
     TransferPolicy,
     TransferRecord,
@@ -49,6 +54,9 @@ from .peergrid_core.transfer import (
     close_interrupted,
     utcnow,
 )
+
+if TYPE_CHECKING:
+    from .gateway import PeerGridGatewayCoordinator
 
 DATA_GRID: HassKey[PeerGridGrid] = HassKey(DOMAIN)
 STORAGE_KEY = f"{DOMAIN}.transfers"
@@ -84,8 +92,10 @@ class PeerGridGrid:
         self._store: Store[dict[str, Any]] = Store(hass, STORAGE_VERSION, STORAGE_KEY)
         self._data = _StoredData()
         self._nodes: dict[str, PeerGridNodeCoordinator] = {}
+        self._gateways: dict[str, PeerGridGatewayCoordinator] = {}
         self._sessions: dict[str, TransferSession] = {}
         self._listeners: list[CALLBACK_TYPE] = []
+        self._ended_listeners: list[Callable[[TransferRecord], None]] = []
 
     # ------------------------------------------------------------ lifecycle
 
@@ -146,6 +156,51 @@ class PeerGridGrid:
         """The loaded nodes by uid."""
         return dict(self._nodes)
 
+    @callback
+    def async_register_gateway(self, coordinator: PeerGridGatewayCoordinator) -> CALLBACK_TYPE:
+        """Make a gateway's nodes available to transfers; returns the function that removes it."""
+        self._gateways[coordinator.device_id] = coordinator
+
+        @callback
+        def _unregister() -> None:
+            if self._gateways.get(coordinator.device_id) is coordinator:
+                del self._gateways[coordinator.device_id]
+
+        return _unregister
+
+    def gateway_of(self, uid: str) -> PeerGridGatewayCoordinator | None:
+        """The gateway that reports node ``uid``, when it is not a directly connected node."""
+        if uid in self._nodes:
+            return None
+        return next(
+            (gateway for _, gateway in sorted(self._gateways.items()) if uid in gateway.nodes),
+            None,
+        )
+
+    def has_node(self, uid: str) -> bool:
+        """Whether ``uid`` is a loaded node: connected directly or reported by a gateway."""
+        return uid in self._nodes or self.gateway_of(uid) is not None
+
+    def _link(self, uid: str) -> NodeLink:
+        """How a transfer reaches node ``uid``: its own session, or through its gateway.
+
+        A node connected directly is always reached directly. Through a
+        gateway a transfer needs the node's energy counters (the ping's
+        telemetry); a node reported without them is refused here, before
+        anything is asked of it.
+        """
+        if (gateway := self.gateway_of(uid)) is None:
+            coordinator = self.node(uid)
+            return ClientNodeLink(coordinator.client, coordinator.lease, uid)
+        link = gateway.control.link(uid)
+        if link.online and link.status is None:
+            raise ServiceValidationError(
+                translation_domain=DOMAIN,
+                translation_key="transfer_not_metered",
+                translation_placeholders={"node": uid, "gateway": gateway.device_id},
+            )
+        return link
+
     def node(self, uid: str) -> PeerGridNodeCoordinator:
         """The loaded node ``uid``; a translated validation error when there is none."""
         if (coordinator := self._nodes.get(uid)) is None:
@@ -176,6 +231,12 @@ class PeerGridGrid:
         )
 
     # ------------------------------------------------------------ state for entities
+
+    @callback
+    def async_add_ended_listener(self, ended: Callable[[TransferRecord], None]) -> CALLBACK_TYPE:
+        """Call ``ended`` with every transfer record as it ends; returns the remover."""
+        self._ended_listeners.append(ended)
+        return lambda: self._ended_listeners.remove(ended)
 
     @callback
     def async_add_listener(self, update: CALLBACK_TYPE) -> CALLBACK_TYPE:
@@ -232,7 +293,7 @@ class PeerGridGrid:
     @property
     def soc_spread(self) -> float | None:
         """Highest minus lowest SoC of the online nodes, in percent."""
-        spread = grid_summary([node for node in self.node_socs() if node.online]).soc_spread
+        spread = soc_spread([node for node in self.node_socs() if node.online])
         return None if spread is None else round(spread, 1)
 
     def transfers(self, *, limit: int = 20, active_only: bool = False) -> list[TransferRecord]:
@@ -262,10 +323,7 @@ class PeerGridGrid:
             )
         except TransferValidationError as err:
             raise _refused(err) from err
-        links = []
-        for uid in (sender, receiver):
-            coordinator = self.node(uid)
-            links.append(ClientNodeLink(coordinator.client, coordinator.lease, uid))
+        links = [self._link(uid) for uid in (sender, receiver)]
         for uid, reason in ((sender, "sender_busy"), (receiver, "receiver_busy")):
             if self.active_transfer(uid) is not None:
                 raise ServiceValidationError(
@@ -315,6 +373,18 @@ class PeerGridGrid:
                 translation_key="unknown_transfer",
                 translation_placeholders={"transfer_id": transfer_id},
             )
+        return [await session.stop() for session in sessions]
+
+    async def async_stop_gateway_transfers(self, device_id: str) -> list[TransferRecord]:
+        """Stop the running transfers that reach a node through gateway ``device_id``."""
+        sessions = [
+            session
+            for session in self._sessions.values()
+            if any(
+                isinstance(link, GatewayNodeLink) and link.device_id == device_id
+                for link in (session.sender, session.receiver)
+            )
+        ]
         return [await session.stop() for session in sessions]
 
     def plan_balance(self) -> BalancePlan:
@@ -367,6 +437,8 @@ class PeerGridGrid:
             )
             self._sessions.pop(record.transfer_id, None)
             self._count(record)
+            for ended in list(self._ended_listeners):
+                ended(record)
             del transfers[: max(0, len(transfers) - HISTORY_LIMIT)]
             self.hass.async_create_task(self._store.async_save(self._serialise()))
         self._fire(event, record)
@@ -375,6 +447,8 @@ class PeerGridGrid:
         for uid in (record.sender, record.receiver):
             if (coordinator := self._nodes.get(uid)) is not None:
                 coordinator.async_update_listeners()
+            elif (gateway := self.gateway_of(uid)) is not None:
+                gateway.async_update_listeners()
         self.async_notify()
 
     def _publish_schedule(self) -> None:
@@ -388,8 +462,16 @@ class PeerGridGrid:
             for session in self._sessions.values()
             if {session.request.sender, session.request.receiver} <= known
         ]
-        if nodes:
-            hub.publish(ScheduleEvent(data=schedule_commands(SCHEDULE_DEVICE_ID, nodes, pairs)))
+        if not nodes:
+            return
+        try:
+            schedule = schedule_commands(SCHEDULE_DEVICE_ID, nodes, pairs)
+        except (PeerGridError, ValidationError) as err:
+            # The specification's schedule describes at most one gateway's worth
+            # of nodes; a larger grid still runs, it just is not announced whole.
+            LOGGER.debug("Grid schedule not published: %s", err)
+            return
+        hub.publish(ScheduleEvent(data=schedule))
 
     def _count(self, record: TransferRecord) -> None:
         sender = self._data.totals.setdefault(record.sender, NodeTotals())
@@ -401,9 +483,19 @@ class PeerGridGrid:
         data = record.model_dump(mode="json")
         data["progress_pct"] = record.progress_pct
         for role in ("sender", "receiver"):
-            coordinator = self._nodes.get(record.sender if role == "sender" else record.receiver)
-            data[f"{role}_device_id"] = coordinator.device_id if coordinator else None
+            uid = record.sender if role == "sender" else record.receiver
+            coordinator = self._nodes.get(uid)
+            data[f"{role}_device_id"] = (
+                coordinator.device_id if coordinator else self._gateway_node_device_id(uid)
+            )
         self.hass.bus.async_fire(event, data)
+
+    def _gateway_node_device_id(self, uid: str) -> str | None:
+        """The device registry id of node ``uid`` when a gateway reports it."""
+        if self.gateway_of(uid) is None:
+            return None
+        device = dr.async_get(self.hass).async_get_device(identifiers={(DOMAIN, uid)})
+        return device.id if device else None
 
     def _serialise(self) -> dict[str, Any]:
         return {

@@ -32,6 +32,7 @@ from pydantic import BaseModel, TypeAdapter, ValidationError
 
 from .const import LOGGER
 from .iot_hub import DATA_IOT_HUB, IotHub
+from .ledger import DATA_LEDGER
 from .peergrid_core.api import (
     JSON_CONTENT_TYPE,
     MAX_BODY_BYTES,
@@ -50,6 +51,7 @@ from .peergrid_core.api import (
 )
 from .peergrid_core.errors import PeerGridValidationError
 from .peergrid_core.events import EventType
+from .peergrid_core.ledger import IdempotencyConflictError, LedgerStorageError
 from .peergrid_core.payload_fields import DeviceId, clock_context
 from .peergrid_core.payloads import DepinHeartbeat, DepinRegistration, HeartbeatPing, parse_ping
 
@@ -221,10 +223,28 @@ class EnergyReportView(_IotView):
             report = _validated(lambda: GatewayEnergyReport.model_validate(body))
         except _RejectedError as rejected:
             return rejected.response()
-        entry = await self._hub.async_add_report(report)
+        ledger = self._hub.hass.data[DATA_LEDGER]
+        try:
+            outcome = await ledger.async_process_report(report)
+        except PeerGridValidationError as err:
+            # Refused by the ledger's rules (no such transfer, energy that does
+            # not match what the grid measured, ...): nothing was written.
+            return _invalid((FieldProblem(field=err.field, message=err.message),)).response()
+        except IdempotencyConflictError as err:
+            return _invalid((FieldProblem(field="report_id", message=str(err)),)).response()
+        except LedgerStorageError as err:
+            LOGGER.error("Energy report %s not recorded: %s", report.report_id, err)
+            return _json_response(
+                ApiError(error=ErrorCode.LEDGER_UNAVAILABLE, message=str(err)),
+                HTTPStatus.SERVICE_UNAVAILABLE,
+            )
+        if not outcome.duplicate:
+            await self._hub.async_add_report(report)
         return _json_response(
             ReportAccepted(
-                accepted=entry is not None, duplicate=entry is None, report_id=report.report_id
+                accepted=not outcome.duplicate,
+                duplicate=outcome.duplicate,
+                report_id=report.report_id,
             )
         )
 

@@ -9,7 +9,10 @@ integration reads it. It holds:
   gateway sends a fresh heartbeat whenever its connection comes back;
 * the **event fan-out**: :meth:`IotHub.publish` hands a grid event to every
   event-stream subscriber (``GET /api/peergrid/iot/events``) and fires it on
-  the Home Assistant bus as ``peergrid_iot_<type>``;
+  the Home Assistant bus as ``peergrid_iot_<type>``; the latest ``schedule``
+  of each gateway **stands**: a stream opened for that gateway
+  (``?device_id=``) starts with it, so a gateway that reconnects learns what
+  is asked of its nodes now, not what was asked before it lost the stream;
 * the **energy report store** (:class:`EnergyReportStore`), accepting each
   report id exactly once, persisted before the gateway is answered;
 * the **DePIN registry** (:class:`DepinRegistry`), persisted, with rewards and
@@ -321,6 +324,10 @@ class DepinRegistry:
         """Whether a gateway with this id is registered."""
         return device_id in self._entries
 
+    def device_ids(self) -> tuple[str, ...]:
+        """The registered gateways' device ids, sorted."""
+        return tuple(sorted(self._entries))
+
     def record(self, device_id: str) -> depin_rules.DepinNode | None:
         """The core's record of a gateway (registration, heartbeats, energy)."""
         entry = self._entries.get(device_id)
@@ -492,6 +499,7 @@ class IotHub:
         self._gateways: dict[str, GatewayState] = {}
         self._listeners: list[GatewayListener] = []
         self._subscriptions: set[EventSubscription] = set()
+        self._standing: dict[str, ScheduleEvent] = {}
         self.reports = EnergyReportStore(hass)
         """Accepted energy reports."""
         self.depin = DepinRegistry(hass, clock=clock)
@@ -563,16 +571,30 @@ class IotHub:
 
     @callback
     def publish(self, event: GridEventModel) -> None:
-        """Send ``event`` to every matching stream and fire it on the bus."""
+        """Send ``event`` to every matching stream and fire it on the bus.
+
+        A ``schedule`` event becomes its gateway's standing schedule.
+        """
+        if isinstance(event, ScheduleEvent):
+            self._standing[event.data.device_id] = event
         for subscription in list(self._subscriptions):
             if subscription.wants(event):
                 subscription.offer(event)
         self.hass.bus.async_fire(BUS_EVENT_FOR[event.type], event.data.model_dump(mode="json"))
 
+    def standing_schedule(self, device_id: str) -> ScheduleEvent | None:
+        """The latest schedule published for gateway ``device_id``, if any."""
+        return self._standing.get(device_id)
+
     @callback
     def subscribe(self, device_id: str | None = None) -> EventSubscription:
-        """Open an event subscription, optionally for one gateway's events only."""
+        """Open an event subscription, optionally for one gateway's events only.
+
+        A subscription for one gateway starts with its standing schedule.
+        """
         subscription = EventSubscription(device_id, max_queued=self._max_queued)
+        if device_id is not None and (standing := self._standing.get(device_id)) is not None:
+            subscription.offer(standing)
         self._subscriptions.add(subscription)
         return subscription
 

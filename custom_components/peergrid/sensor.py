@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass
-from typing import cast
+from collections.abc import Callable
+from dataclasses import dataclass, fields
+from decimal import Decimal
+from typing import Any, cast
 
 from homeassistant.components.sensor import (
     SensorDeviceClass,
@@ -19,19 +20,35 @@ from homeassistant.const import (
     UnitOfElectricCurrent,
     UnitOfElectricPotential,
     UnitOfEnergy,
+    UnitOfMass,
     UnitOfPower,
     UnitOfTime,
 )
-from homeassistant.core import HomeAssistant, callback
+from homeassistant.core import HomeAssistant
+from homeassistant.helpers.device_registry import DeviceInfo
 from homeassistant.helpers.entity_platform import AddConfigEntryEntitiesCallback
 from homeassistant.helpers.typing import StateType
 
-from .const import CONF_KIND, GRID_UNIQUE_ID, EntryKind
+from .const import (
+    CONF_KIND,
+    DOMAIN,
+    ENERGY_TOKEN_UNIT,
+    GRID_UNIQUE_ID,
+    REWARD_TOKEN_UNIT,
+    EntryKind,
+)
 from .coordinator import NodeData, PeerGridConfigEntry, PeerGridNodeCoordinator
-from .entity import PeerGridGatewayNodeEntity, PeerGridNodeEntity, grid_device_info
+from .entity import (
+    PeerGridGatewayNodeEntity,
+    PeerGridNodeEntity,
+    async_setup_gateway_node_entities,
+    grid_device_info,
+)
 from .gateway import PeerGridGatewayConfigEntry, PeerGridGatewayCoordinator
 from .grid import DATA_GRID, PeerGridGrid
-from .peergrid_core.payloads import NodeDetail, NodeState as PingNodeState
+from .iot_hub import DATA_IOT_HUB
+from .ledger import DATA_LEDGER, PeerGridLedger
+from .peergrid_core.payloads import NodeDetail, NodeState as PingNodeState, NodeTelemetry
 from .peergrid_core.protocol import NodeState, TripReason
 from .peergrid_core.stability import voltage_stability_score
 
@@ -269,11 +286,24 @@ GRID_SENSORS: tuple[PeerGridGridSensorEntityDescription, ...] = (
 )
 
 
+def _always(node: NodeDetail) -> bool:
+    return True
+
+
+def _metered(node: NodeDetail) -> bool:
+    return node.telemetry is not None
+
+
 @dataclass(frozen=True, kw_only=True)
 class PeerGridGatewayNodeSensorEntityDescription(SensorEntityDescription):
     """A sensor of a node behind a gateway: how to read it from the gateway's node data."""
 
     value_fn: Callable[[NodeDetail], StateType]
+    exists_fn: Callable[[NodeDetail], bool] = _always
+    """Whether the node has this sensor (the telemetry ones need the ping's extension)."""
+
+    grid_value_fn: Callable[[PeerGridGrid, str], StateType] | None = None
+    """Reads the value from the grid (transfers through the gateway) instead."""
 
 
 GATEWAY_NODE_STATES: dict[PingNodeState, NodeState] = {
@@ -285,6 +315,46 @@ GATEWAY_NODE_STATES: dict[PingNodeState, NodeState] = {
 
 A gateway never reports ``tripped`` (a tripped node reads ``IDLE`` there), so
 its node-state sensor has the three states below."""
+
+
+def _no_reading(node: NodeDetail) -> StateType:
+    return None
+
+
+def _like(
+    key: str,
+    *,
+    value_fn: Callable[[NodeDetail], StateType] = _no_reading,
+    exists_fn: Callable[[NodeDetail], bool] = _always,
+) -> PeerGridGatewayNodeSensorEntityDescription:
+    """The gateway node's twin of the direct node's sensor ``key``: same name, units and class.
+
+    Only where the value comes from differs: the gateway's reading of the
+    node (``value_fn``), or the grid's transfers as for the direct node.
+    """
+    original = next(d for d in (*SENSORS, *TRANSFER_SENSORS) if d.key == key)
+    shown: dict[str, Any] = {
+        field.name: getattr(original, field.name)
+        for field in fields(original)
+        if field.name not in ("value_fn", "grid_value_fn")
+    }
+    return PeerGridGatewayNodeSensorEntityDescription(
+        **shown, value_fn=value_fn, exists_fn=exists_fn, grid_value_fn=original.grid_value_fn
+    )
+
+
+def _telemetry_value(
+    read: Callable[[NodeTelemetry], int | None], divisor: int | None = None
+) -> Callable[[NodeDetail], StateType]:
+    """Reads a telemetry value of the node, in the direct node's unit (``divisor`` applied)."""
+
+    def value(node: NodeDetail) -> StateType:
+        if node.telemetry is None or (reading := read(node.telemetry)) is None:
+            return None
+        return reading if divisor is None else reading / divisor
+
+    return value
+
 
 GATEWAY_NODE_SENSORS: tuple[PeerGridGatewayNodeSensorEntityDescription, ...] = (
     PeerGridGatewayNodeSensorEntityDescription(
@@ -310,7 +380,29 @@ GATEWAY_NODE_SENSORS: tuple[PeerGridGatewayNodeSensorEntityDescription, ...] = (
         options=[state.value for state in GATEWAY_NODE_STATES.values()],
         value_fn=lambda node: GATEWAY_NODE_STATES[node.state].value,
     ),
+    _like("current", value_fn=_telemetry_value(lambda t: t.ma), exists_fn=_metered),
+    _like("power", value_fn=_telemetry_value(lambda t: t.mw), exists_fn=_metered),
+    _like(
+        "energy_supplied",
+        value_fn=_telemetry_value(lambda t: t.e_out_mwh, 1000),
+        exists_fn=_metered,
+    ),
+    _like(
+        "energy_received",
+        value_fn=_telemetry_value(lambda t: t.e_in_mwh, 1000),
+        exists_fn=_metered,
+    ),
+    _like(
+        "stability_score",
+        value_fn=lambda node: round(voltage_stability_score(node.voltage), 1),
+    ),
+    *(_like(description.key) for description in TRANSFER_SENSORS),
 )
+"""The sensors of a node behind a gateway: the direct node's, where the ping carries them.
+
+The node's own protocol details (signal, uptime, firmware, lease) do not
+reach Home Assistant through a gateway; the energy counters, current and
+power come with the ping's telemetry extension."""
 
 
 async def async_setup_entry(
@@ -322,10 +414,26 @@ async def async_setup_entry(
     grid = hass.data[DATA_GRID]
     if entry.data[CONF_KIND] == EntryKind.GRID:
         async_add_entities(PeerGridGridSensor(grid, description) for description in GRID_SENSORS)
+        ledger = hass.data[DATA_LEDGER]
+        async_add_entities(
+            PeerGridLedgerSensor(ledger, description, grid_device_info(), GRID_UNIQUE_ID)
+            for description in LEDGER_SENSORS
+        )
         return
     if entry.data[CONF_KIND] == EntryKind.GATEWAY:
         # Gateway entries carry a gateway coordinator (see __init__.py).
-        _async_setup_gateway_sensors(cast("PeerGridGatewayConfigEntry", entry), async_add_entities)
+        gateway = cast("PeerGridGatewayConfigEntry", entry)
+        _async_setup_gateway_sensors(gateway, async_add_entities, grid)
+        device_id = gateway.runtime_data.device_id
+        async_add_entities(
+            PeerGridLedgerSensor(
+                hass.data[DATA_LEDGER],
+                description,
+                DeviceInfo(identifiers={(DOMAIN, device_id)}),
+                device_id,
+            )
+            for description in REWARD_SENSORS
+        )
         return
     coordinator = entry.runtime_data
     async_add_entities(
@@ -367,27 +475,26 @@ class PeerGridSensor(PeerGridNodeEntity, SensorEntity):
 
 
 def _async_setup_gateway_sensors(
-    entry: PeerGridGatewayConfigEntry, async_add_entities: AddConfigEntryEntitiesCallback
+    entry: PeerGridGatewayConfigEntry,
+    async_add_entities: AddConfigEntryEntitiesCallback,
+    grid: PeerGridGrid,
 ) -> None:
     """Add the sensors of the gateway's nodes now, and of every node that joins later."""
-    coordinator = entry.runtime_data
 
-    @callback
-    def _add_nodes(nodes: Iterable[NodeDetail]) -> None:
-        async_add_entities(
-            [
-                PeerGridGatewayNodeSensor(coordinator, node.uid, description)
-                for node in nodes
-                for description in GATEWAY_NODE_SENSORS
-            ]
-        )
+    def _sensors(
+        coordinator: PeerGridGatewayCoordinator, node: NodeDetail
+    ) -> list[PeerGridGatewayNodeSensor]:
+        return [
+            PeerGridGatewayNodeSensor(coordinator, node.uid, description, grid)
+            for description in GATEWAY_NODE_SENSORS
+            if description.exists_fn(node)
+        ]
 
-    _add_nodes(coordinator.nodes.values())
-    entry.async_on_unload(coordinator.async_add_new_nodes_listener(_add_nodes))
+    async_setup_gateway_node_entities(entry, async_add_entities, _sensors)
 
 
 class PeerGridGatewayNodeSensor(PeerGridGatewayNodeEntity, SensorEntity):
-    """A sensor of a node, read from its gateway's node-data pings."""
+    """A sensor of a node, read from its gateway's node-data pings (or the grid's transfers)."""
 
     entity_description: PeerGridGatewayNodeSensorEntityDescription
 
@@ -396,13 +503,28 @@ class PeerGridGatewayNodeSensor(PeerGridGatewayNodeEntity, SensorEntity):
         coordinator: PeerGridGatewayCoordinator,
         uid: str,
         description: PeerGridGatewayNodeSensorEntityDescription,
+        grid: PeerGridGrid,
     ) -> None:
-        """Identify the sensor by gateway, node and description."""
+        """Identify the sensor by gateway, node and description; keep the grid for transfers."""
         super().__init__(coordinator, uid, description)
+        self._grid = grid
+
+    @property
+    def available(self) -> bool:
+        """Transfer totals are Home Assistant's records, available while the node is away."""
+        description = self.entity_description
+        if (
+            description.state_class is SensorStateClass.TOTAL_INCREASING
+            and description.grid_value_fn is not None
+        ):
+            return True
+        return super().available
 
     @property
     def native_value(self) -> StateType:
-        """The value from the gateway's latest reading of the node."""
+        """The value from the gateway's latest reading of the node, or from the grid."""
+        if (grid_value := self.entity_description.grid_value_fn) is not None:
+            return grid_value(self._grid, self.uid)
         node = self.node
         return None if node is None else self.entity_description.value_fn(node)
 
@@ -431,3 +553,132 @@ class PeerGridGridSensor(SensorEntity):
     def native_value(self) -> StateType:
         """The grid's current value."""
         return self.entity_description.value_fn(self._grid)
+
+
+# ------------------------------------------------------------ ledger
+
+
+@dataclass(frozen=True, kw_only=True)
+class PeerGridLedgerSensorEntityDescription(SensorEntityDescription):
+    """A ledger sensor: how to read it for an account (the grid's, or a gateway's)."""
+
+    value_fn: Callable[[PeerGridLedger, str], StateType | Decimal]
+    unit_fn: Callable[[PeerGridLedger], str] | None = None
+
+
+def _reliability(ledger: PeerGridLedger, device_id: str) -> float | None:
+    hub = ledger.hass.data.get(DATA_IOT_HUB)
+    node = hub.depin.node(device_id) if hub is not None else None
+    return None if node is None else node.reliability_pct
+
+
+LEDGER_SENSORS: tuple[PeerGridLedgerSensorEntityDescription, ...] = (
+    PeerGridLedgerSensorEntityDescription(
+        key="tokens_minted",
+        translation_key="tokens_minted",
+        state_class=SensorStateClass.TOTAL_INCREASING,
+        native_unit_of_measurement=ENERGY_TOKEN_UNIT,
+        suggested_display_precision=3,
+        value_fn=lambda ledger, _: ledger.service.totals().tokens_minted,
+    ),
+    PeerGridLedgerSensorEntityDescription(
+        key="carbon_saved",
+        translation_key="carbon_saved",
+        device_class=SensorDeviceClass.WEIGHT,
+        state_class=SensorStateClass.TOTAL_INCREASING,
+        native_unit_of_measurement=UnitOfMass.KILOGRAMS,
+        suggested_display_precision=4,
+        value_fn=lambda ledger, _: ledger.service.totals().carbon_kg_credited,
+    ),
+    PeerGridLedgerSensorEntityDescription(
+        key="carbon_retired",
+        translation_key="carbon_retired",
+        device_class=SensorDeviceClass.WEIGHT,
+        state_class=SensorStateClass.TOTAL_INCREASING,
+        native_unit_of_measurement=UnitOfMass.KILOGRAMS,
+        suggested_display_precision=4,
+        value_fn=lambda ledger, _: ledger.service.totals().carbon_kg_retired,
+    ),
+    PeerGridLedgerSensorEntityDescription(
+        key="market_price",
+        translation_key="market_price",
+        state_class=SensorStateClass.MEASUREMENT,
+        suggested_display_precision=4,
+        value_fn=lambda ledger, _: ledger.price_now(),
+        unit_fn=lambda ledger: f"{ledger.service.pricing.currency}/{UnitOfEnergy.KILO_WATT_HOUR}",
+    ),
+    PeerGridLedgerSensorEntityDescription(
+        key="open_sell_orders",
+        translation_key="open_sell_orders",
+        state_class=SensorStateClass.MEASUREMENT,
+        value_fn=lambda ledger, _: ledger.service.totals().open_orders,
+    ),
+)
+"""Ledger totals on the grid device."""
+
+REWARD_SENSORS: tuple[PeerGridLedgerSensorEntityDescription, ...] = (
+    PeerGridLedgerSensorEntityDescription(
+        key="reward_balance",
+        translation_key="reward_balance",
+        state_class=SensorStateClass.TOTAL_INCREASING,
+        native_unit_of_measurement=REWARD_TOKEN_UNIT,
+        suggested_display_precision=0,
+        value_fn=lambda ledger, device_id: ledger.service.totals().rewards_paid.get(
+            device_id, Decimal(0)
+        ),
+    ),
+    PeerGridLedgerSensorEntityDescription(
+        key="reliability",
+        translation_key="reliability",
+        state_class=SensorStateClass.MEASUREMENT,
+        native_unit_of_measurement=PERCENTAGE,
+        suggested_display_precision=1,
+        value_fn=_reliability,
+    ),
+)
+"""DePIN rewards paid to a gateway and its uptime reliability, on the gateway's device."""
+
+
+class PeerGridLedgerSensor(SensorEntity):
+    """A sensor of the ledger: grid-wide totals, or one gateway's rewards."""
+
+    _attr_has_entity_name = True
+    _attr_should_poll = False
+    entity_description: PeerGridLedgerSensorEntityDescription
+
+    def __init__(
+        self,
+        ledger: PeerGridLedger,
+        description: PeerGridLedgerSensorEntityDescription,
+        device_info: DeviceInfo,
+        account: str,
+    ) -> None:
+        """Identify the sensor on ``device_info``, reading the ledger for ``account``."""
+        self.entity_description = description
+        self._ledger = ledger
+        self._account = account
+        self._attr_unique_id = f"{account}_{description.key}"
+        self._attr_device_info = device_info
+
+    async def async_added_to_hass(self) -> None:
+        """Follow the ledger, and the grid too (the market price moves with the nodes' SoC)."""
+        self.async_on_remove(self._ledger.async_add_listener(self.async_write_ha_state))
+        self.async_on_remove(
+            self.hass.data[DATA_GRID].async_add_listener(self.async_write_ha_state)
+        )
+
+    @property
+    def native_unit_of_measurement(self) -> str | None:
+        """The unit; the market price's follows the configured currency."""
+        if (unit_fn := self.entity_description.unit_fn) is not None:
+            return unit_fn(self._ledger)
+        return self.entity_description.native_unit_of_measurement
+
+    @property
+    def native_value(self) -> StateType | Decimal:
+        """The ledger's current value for this sensor's account, exact and without padding."""
+        value = self.entity_description.value_fn(self._ledger, self._account)
+        if isinstance(value, Decimal):
+            # 4.5000000 reads 4.5 and 100 stays 100 (normalize alone would give 1E+2).
+            return value.quantize(Decimal(1)) if value == value.to_integral() else value.normalize()
+        return value

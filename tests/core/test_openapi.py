@@ -90,7 +90,10 @@ def test_schemas_follow_the_models(document: dict[str, Any]) -> None:
         "invalid_payload",
         "payload_too_large",
         "unsupported_media_type",
+        "ledger_unavailable",
     }
+    report_answers = document["paths"][ApiPath.IOT_ENERGY_REPORT.value]["post"]["responses"]
+    assert "503" in report_answers
     events = document["paths"][ApiPath.IOT_EVENTS.value]["get"]["x-peergrid-events"]
     assert set(events) == {"heartbeat", "node_data", "schedule", "energy_mint"}
 

@@ -118,3 +118,13 @@ def test_balancer_plans_always_make_valid_schedules(socs: list[float]) -> None:
     assert actions.count(SchedulerAction.CHARGE) == len(plan.pairs)
     if nodes:
         assert data.grid_summary.soc_spread == max(socs) - min(socs)
+
+
+def test_soc_spread_has_no_node_limit() -> None:
+    """A grid larger than one gateway's payload still has a spread (100 nodes here)."""
+    from peergrid_core.balancer import NodeSoc
+    from peergrid_core.schedule import soc_spread
+
+    nodes = [NodeSoc(uid=f"N{i}", soc_pct=float(i % 90), online=True) for i in range(100)]
+    assert soc_spread(nodes) == 89.0
+    assert soc_spread([]) is None

@@ -12,6 +12,7 @@ never against mocks of PeerGrid's own client.
 from __future__ import annotations
 
 from collections.abc import AsyncGenerator, Generator
+from pathlib import Path
 from unittest.mock import PropertyMock, patch
 
 import pytest
@@ -24,6 +25,14 @@ from .helpers import node_entry
 
 KEY_A = "node-a-key-0123456789abcdef"
 KEY_B = "node-b-key-0123456789abcdef"
+
+
+@pytest.fixture(autouse=True)
+def ledger_file(tmp_path: Path) -> Generator[Path]:
+    """Each test's own ledger file (the test configuration folder is shared by all tests)."""
+    path = tmp_path / "peergrid_ledger.db"
+    with patch("custom_components.peergrid.ledger.LEDGER_FILE", str(path)):
+        yield path
 
 
 @pytest.fixture(autouse=True)

@@ -28,6 +28,8 @@ from pytest_homeassistant_custom_component.common import MockConfigEntry
 
 from custom_components.peergrid.config_flow import PeerGridConfigFlow
 from custom_components.peergrid.const import CONF_DEVICE_ID, CONF_KEY, CONF_KIND, DOMAIN, EntryKind
+from custom_components.peergrid.iot_hub import DATA_IOT_HUB, IotHub
+from custom_components.peergrid.peergrid_core.payloads import HeartbeatPing
 from custom_components.peergrid.peergrid_core.protocol import DEFAULT_PORT
 from custom_components.peergrid.peergrid_core.thresholds import BalanceThresholds
 from peergrid_core.sim import NodeSpec, SimulatedGrid
@@ -112,6 +114,15 @@ def _entry(
     return node_entry(grid, uid, **(data or {}))
 
 
+async def _start_node_flow(hass: HomeAssistant) -> Any:
+    """Open the add menu and choose a node: the node form."""
+    result = await hass.config_entries.flow.async_init(DOMAIN, context={"source": SOURCE_USER})
+    assert result["type"] is FlowResultType.MENU
+    return await hass.config_entries.flow.async_configure(
+        result["flow_id"], {"next_step_id": "node"}
+    )
+
+
 def _suggested(result: Any, field: str) -> Any:
     """The value a form pre-fills for ``field``."""
     for key in result["data_schema"].schema:
@@ -127,9 +138,9 @@ async def test_user_flow_adds_the_node(
     hass: HomeAssistant, sim_grid: SimulatedGrid, mock_setup_entry: AsyncMock
 ) -> None:
     """Host, port and key that authenticate create an entry named after the node's uid."""
-    result = await hass.config_entries.flow.async_init(DOMAIN, context={"source": SOURCE_USER})
+    result = await _start_node_flow(hass)
     assert result["type"] is FlowResultType.FORM
-    assert result["step_id"] == "user"
+    assert result["step_id"] == "node"
     assert result["errors"] == {}
 
     node = sim_grid.nodes["NODE_A"]
@@ -154,7 +165,7 @@ async def test_user_flow_adds_the_node(
 
 async def test_user_form_defaults_to_the_protocol_port(hass: HomeAssistant) -> None:
     """The port field starts at 7420 and the key is a password field."""
-    result = await hass.config_entries.flow.async_init(DOMAIN, context={"source": SOURCE_USER})
+    result = await _start_node_flow(hass)
     schema = result["data_schema"]
     assert schema({CONF_HOST: "node.local", CONF_KEY: KEY_A})[CONF_PORT] == DEFAULT_PORT
     key_selector = next(v for k, v in schema.schema.items() if k == CONF_KEY)
@@ -166,11 +177,11 @@ async def test_user_flow_errors_then_recovery(
     hass: HomeAssistant, sim_grid: SimulatedGrid, case: str, errors: dict[str, str]
 ) -> None:
     """Each failure shows its error on the form, keeps the input, and the user can fix it."""
-    result = await hass.config_entries.flow.async_init(DOMAIN, context={"source": SOURCE_USER})
+    result = await _start_node_flow(hass)
     async with _failing_input(case, sim_grid) as user_input:
         result = await hass.config_entries.flow.async_configure(result["flow_id"], user_input)
     assert result["type"] is FlowResultType.FORM
-    assert result["step_id"] == "user"
+    assert result["step_id"] == "node"
     assert result["errors"] == errors
     assert _suggested(result, CONF_PORT) == user_input[CONF_PORT]
     assert not hass.config_entries.async_entries(DOMAIN)
@@ -186,7 +197,7 @@ async def test_user_flow_unknown_error_then_recovery(
     hass: HomeAssistant, sim_grid: SimulatedGrid, caplog: pytest.LogCaptureFixture
 ) -> None:
     """An unexpected exception is logged with its traceback and shown as 'unknown'."""
-    result = await hass.config_entries.flow.async_init(DOMAIN, context={"source": SOURCE_USER})
+    result = await _start_node_flow(hass)
     with patch(
         "custom_components.peergrid.config_flow.validate_node",
         side_effect=Exception("boom"),
@@ -213,7 +224,7 @@ async def test_user_flow_aborts_for_a_configured_node(
     entry.add_to_hass(hass)
     before = dict(entry.data)
 
-    result = await hass.config_entries.flow.async_init(DOMAIN, context={"source": SOURCE_USER})
+    result = await _start_node_flow(hass)
     result = await hass.config_entries.flow.async_configure(
         result["flow_id"], _node_input(sim_grid)
     )
@@ -231,7 +242,7 @@ async def test_user_flow_wins_over_a_pending_discovery(
     )
     assert discovery["step_id"] == "discovery_confirm"
 
-    result = await hass.config_entries.flow.async_init(DOMAIN, context={"source": SOURCE_USER})
+    result = await _start_node_flow(hass)
     result = await hass.config_entries.flow.async_configure(
         result["flow_id"], _node_input(default_port_grid, "NODE_D", KEY_D)
     )
@@ -648,6 +659,187 @@ async def test_zeroconf_without_a_valid_device_id(
     assert not hass.config_entries.flow.async_progress_by_handler(DOMAIN)
 
 
+# ----------------------------------------------------------------- gateways added and changed by hand
+
+
+def _gateway_entry(device_id: str = GATEWAY, title: str | None = None) -> MockConfigEntry:
+    return MockConfigEntry(
+        domain=DOMAIN,
+        title=title or device_id,
+        unique_id=f"gateway:{device_id}",
+        data={CONF_KIND: EntryKind.GATEWAY, CONF_DEVICE_ID: device_id},
+    )
+
+
+async def _start_gateway_flow(hass: HomeAssistant) -> Any:
+    """Open the add menu and choose a gateway: the device id form."""
+    result = await hass.config_entries.flow.async_init(DOMAIN, context={"source": SOURCE_USER})
+    assert result["type"] is FlowResultType.MENU
+    return await hass.config_entries.flow.async_configure(
+        result["flow_id"], {"next_step_id": "gateway"}
+    )
+
+
+def _offered(result: Any) -> list[str]:
+    """The device ids the gateway form offers."""
+    selector = next(v for k, v in result["data_schema"].schema.items() if k == CONF_DEVICE_ID)
+    assert selector.config["custom_value"] is True
+    return list(selector.config["options"])
+
+
+async def test_user_menu_offers_nodes_gateways_and_the_ledger(hass: HomeAssistant) -> None:
+    """The user step asks what to add."""
+    result = await hass.config_entries.flow.async_init(DOMAIN, context={"source": SOURCE_USER})
+    assert result["type"] is FlowResultType.MENU
+    assert result["step_id"] == "user"
+    assert result["menu_options"] == ["node", "gateway", "ledger"]
+
+
+async def test_manual_gateway_flow_adds_the_gateway(
+    hass: HomeAssistant, mock_setup_entry: AsyncMock
+) -> None:
+    """A valid device id, blanks around it ignored, becomes a gateway entry."""
+    result = await _start_gateway_flow(hass)
+    assert result["type"] is FlowResultType.FORM
+    assert result["step_id"] == "gateway"
+    assert result["errors"] == {}
+    assert _offered(result) == []
+
+    result = await hass.config_entries.flow.async_configure(
+        result["flow_id"], {CONF_DEVICE_ID: f" {GATEWAY} "}
+    )
+    assert result["type"] is FlowResultType.CREATE_ENTRY
+    assert result["title"] == GATEWAY
+    assert result["data"] == {CONF_KIND: "gateway", CONF_DEVICE_ID: GATEWAY}
+    assert result["result"].unique_id == f"gateway:{GATEWAY}"
+    assert len(mock_setup_entry.mock_calls) == 1
+
+
+async def test_manual_gateway_form_offers_the_gateways_heard_from(hass: HomeAssistant) -> None:
+    """Gateways that pinged Home Assistant and have no entry yet are offered by their ids."""
+    hub = IotHub(hass)
+    hass.data[DATA_IOT_HUB] = hub
+    for device_id in ("rpi-b", GATEWAY, "rpi-a"):
+        hub.async_record_ping(HeartbeatPing(device_id=device_id, status="heartbeat"))
+    _gateway_entry().add_to_hass(hass)
+
+    result = await _start_gateway_flow(hass)
+    assert _offered(result) == ["rpi-a", "rpi-b"]
+
+
+@pytest.mark.parametrize("device_id", ["", "rpi 4b/prod", "-rpi", "x" * 65])
+async def test_manual_gateway_invalid_device_id_then_recovery(
+    hass: HomeAssistant, device_id: str
+) -> None:
+    """A device id the gateway could not have is refused at the field; the input stays."""
+    result = await _start_gateway_flow(hass)
+    result = await hass.config_entries.flow.async_configure(
+        result["flow_id"], {CONF_DEVICE_ID: device_id}
+    )
+    assert result["type"] is FlowResultType.FORM
+    assert result["step_id"] == "gateway"
+    assert result["errors"] == {CONF_DEVICE_ID: "invalid_device_id"}
+    assert _suggested(result, CONF_DEVICE_ID) == device_id
+    assert not hass.config_entries.async_entries(DOMAIN)
+
+    result = await hass.config_entries.flow.async_configure(
+        result["flow_id"], {CONF_DEVICE_ID: GATEWAY}
+    )
+    assert result["type"] is FlowResultType.CREATE_ENTRY
+
+
+async def test_manual_gateway_already_configured(hass: HomeAssistant) -> None:
+    """The same gateway twice is refused."""
+    _gateway_entry().add_to_hass(hass)
+    result = await _start_gateway_flow(hass)
+    result = await hass.config_entries.flow.async_configure(
+        result["flow_id"], {CONF_DEVICE_ID: GATEWAY}
+    )
+    assert result["type"] is FlowResultType.ABORT
+    assert result["reason"] == "already_configured"
+
+
+async def test_manual_gateway_wins_over_a_pending_discovery(hass: HomeAssistant) -> None:
+    """Adding a gateway by hand while its discovery waits finishes, and ends the discovery."""
+    discovery = await hass.config_entries.flow.async_init(
+        DOMAIN, context={"source": SOURCE_ZEROCONF}, data=_zeroconf({"device_id": GATEWAY})
+    )
+    assert discovery["step_id"] == "zeroconf_confirm"
+
+    result = await _start_gateway_flow(hass)
+    result = await hass.config_entries.flow.async_configure(
+        result["flow_id"], {CONF_DEVICE_ID: GATEWAY}
+    )
+    assert result["type"] is FlowResultType.CREATE_ENTRY
+    assert not hass.config_entries.flow.async_progress_by_handler(DOMAIN)
+
+
+async def test_reconfigure_gateway_follows_another_device_id(
+    hass: HomeAssistant, mock_setup_entry: AsyncMock
+) -> None:
+    """A new device id replaces the old one, with the unique id and the default title."""
+    entry = _gateway_entry("rpi-typo")
+    entry.add_to_hass(hass)
+
+    result = await entry.start_reconfigure_flow(hass)
+    assert result["type"] is FlowResultType.FORM
+    assert result["step_id"] == "reconfigure_gateway"
+    assert result["description_placeholders"] == {"name": "rpi-typo"}
+    assert _suggested(result, CONF_DEVICE_ID) == "rpi-typo"
+
+    result = await hass.config_entries.flow.async_configure(
+        result["flow_id"], {CONF_DEVICE_ID: GATEWAY}
+    )
+    assert result["type"] is FlowResultType.ABORT
+    assert result["reason"] == "reconfigure_successful"
+    assert entry.data == {CONF_KIND: EntryKind.GATEWAY, CONF_DEVICE_ID: GATEWAY}
+    assert entry.unique_id == f"gateway:{GATEWAY}"
+    assert entry.title == GATEWAY
+    await hass.async_block_till_done()
+    assert len(mock_setup_entry.mock_calls) == 1
+
+
+async def test_reconfigure_gateway_keeps_a_title_the_user_chose(hass: HomeAssistant) -> None:
+    """The same id again just reloads; a title of the user's own is never replaced."""
+    entry = _gateway_entry(title="Shed gateway")
+    entry.add_to_hass(hass)
+
+    result = await entry.start_reconfigure_flow(hass)
+    result = await hass.config_entries.flow.async_configure(
+        result["flow_id"], {CONF_DEVICE_ID: GATEWAY}
+    )
+    assert result["type"] is FlowResultType.ABORT
+    assert result["reason"] == "reconfigure_successful"
+    assert entry.title == "Shed gateway"
+    assert entry.unique_id == f"gateway:{GATEWAY}"
+
+
+async def test_reconfigure_gateway_errors_and_an_id_taken_by_another_entry(
+    hass: HomeAssistant,
+) -> None:
+    """An invalid id is shown at the field; another entry's gateway is refused, nothing changes."""
+    entry = _gateway_entry()
+    entry.add_to_hass(hass)
+    _gateway_entry("rpi-4b-prod-02").add_to_hass(hass)
+    before = dict(entry.data)
+
+    result = await entry.start_reconfigure_flow(hass)
+    result = await hass.config_entries.flow.async_configure(
+        result["flow_id"], {CONF_DEVICE_ID: "rpi 4b"}
+    )
+    assert result["type"] is FlowResultType.FORM
+    assert result["errors"] == {CONF_DEVICE_ID: "invalid_device_id"}
+    assert _suggested(result, CONF_DEVICE_ID) == "rpi 4b"
+
+    result = await hass.config_entries.flow.async_configure(
+        result["flow_id"], {CONF_DEVICE_ID: "rpi-4b-prod-02"}
+    )
+    assert result["type"] is FlowResultType.ABORT
+    assert result["reason"] == "already_configured"
+    assert dict(entry.data) == before
+    assert entry.unique_id == f"gateway:{GATEWAY}"
+
+
 # ----------------------------------------------------------------- grid entry and its options
 
 
@@ -674,6 +866,7 @@ async def test_only_the_grid_entry_has_options(hass: HomeAssistant) -> None:
     node = MockConfigEntry(domain=DOMAIN, unique_id="NODE_A", data={CONF_KIND: EntryKind.NODE})
     assert PeerGridConfigFlow.async_supports_options_flow(grid)
     assert not PeerGridConfigFlow.async_supports_options_flow(node)
+    assert not PeerGridConfigFlow.async_supports_options_flow(_gateway_entry())
 
 
 async def test_grid_options_refuse_thresholds_that_collide(hass: HomeAssistant) -> None:

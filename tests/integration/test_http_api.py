@@ -33,6 +33,7 @@ from pytest_homeassistant_custom_component.common import (
 from pytest_homeassistant_custom_component.typing import ClientSessionGenerator
 
 from custom_components.peergrid.const import DOMAIN
+from custom_components.peergrid.grid import STORAGE_KEY as GRID_STORAGE_KEY
 from custom_components.peergrid.http_api import async_setup_http_api
 from custom_components.peergrid.iot_hub import (
     DATA_IOT_HUB,
@@ -148,6 +149,45 @@ def clock(freezer: FrozenDateTimeFactory) -> FrozenDateTimeFactory:
     """
     freezer.move_to(NOW)
     return freezer
+
+
+@pytest.fixture(autouse=True)
+def grid_history(hass_storage: dict[str, Any]) -> None:
+    """Two 0.5 kWh transfers from NODE_A to NODE_B that the grid ran through a gateway.
+
+    An energy report mints only for a transfer the grid knows; these are what
+    :data:`ENERGY_REPORT` (the specification's example) and a second report
+    with another id describe.
+    """
+    ended = datetime.now(UTC) - timedelta(minutes=5)
+    hass_storage[GRID_STORAGE_KEY] = {
+        "version": 1,
+        "minor_version": 1,
+        "key": GRID_STORAGE_KEY,
+        "data": {
+            "transfers": [
+                {
+                    "transfer_id": transfer_id,
+                    "sender": "NODE_A",
+                    "receiver": "NODE_B",
+                    "requested_wh": None,
+                    "requested_duration_s": 1800.0,
+                    "started_at": (ended - timedelta(seconds=1800)).isoformat(),
+                    "ended_at": ended.isoformat(),
+                    "state": "completed",
+                    "stop_reason": "duration_reached",
+                    "wh_out": 500.0,
+                    "wh_in": 390.0,
+                    "loss_wh": 110.0,
+                    "avg_voltage_v": 3.92,
+                    "avg_current_a": 0.27,
+                    "trip_reason": None,
+                }
+                for transfer_id in ("a" * 32, "b" * 32)
+            ],
+            "totals": {},
+        },
+    }
 
 
 @pytest.fixture
@@ -814,7 +854,7 @@ async def test_energy_report_exactly_once(
     hass.bus.async_listen(EVENT_ENERGY_REPORT, announced.append)
 
     first = await post(client, ApiPath.IOT_ENERGY_REPORT, ENERGY_REPORT)
-    assert first.status == 200
+    assert first.status == 200, await first.text()
     assert await first.json() == {"accepted": True, "duplicate": False, "report_id": REPORT_ID}
     # Upper-case hex is the same id: the repeat is recognised.
     again = await post(

@@ -163,6 +163,12 @@ def test_options_flow_strings() -> None:
     init = options["step"]["init"]
     assert set(init["data"]) == set(init["data_description"]) == set(THRESHOLD_RANGES)
 
+    steps, errors, _ = _flow_literals("LedgerOptionsFlow")
+    assert steps == {"accounts"} <= set(options["step"])
+    assert errors == {"invalid_node_accounts"} <= set(options["error"])
+    accounts = options["step"]["accounts"]
+    assert set(accounts["data"]) == set(accounts["data_description"]) == {"node_accounts"}
+
 
 @pytest.mark.parametrize("step", sorted(EN["config"]["step"]))
 def test_every_field_has_a_description(step: str) -> None:
@@ -177,8 +183,11 @@ def test_config_flow_schemas_match_strings() -> None:
     from custom_components.peergrid import config_flow
 
     forms = {
-        "user": config_flow.NODE_SCHEMA,
+        "node": config_flow.NODE_SCHEMA,
         "reconfigure": config_flow.NODE_SCHEMA,
+        "ledger": config_flow.LEDGER_SCHEMA,
+        "reauth_ledger": config_flow.SECRET_SCHEMA,
+        "reconfigure_ledger": config_flow.LEDGER_RECONFIGURE_SCHEMA,
         "discovery_confirm": config_flow.KEY_SCHEMA,
         "reauth_confirm": config_flow.KEY_SCHEMA,
     }
@@ -197,7 +206,7 @@ def test_actions_are_translated_and_have_icons() -> None:
         texts = EN["services"][name]
         assert texts["name"]
         assert texts["description"]
-        assert set(spec.get("fields", {})) == set(texts.get("fields", {})), name
+        assert set((spec or {}).get("fields", {})) == set(texts.get("fields", {})), name
         for field in texts.get("fields", {}).values():
             assert field["name"]
             assert field["description"]

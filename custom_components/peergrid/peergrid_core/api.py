@@ -118,6 +118,9 @@ class ErrorCode(StrEnum):
     UNSUPPORTED_MEDIA_TYPE = "unsupported_media_type"
     """415: the content type is not ``application/json``."""
 
+    LEDGER_UNAVAILABLE = "ledger_unavailable"
+    """503: the ledger cannot record the report now (storage full or read-only); retry later."""
+
 
 class FieldProblem(PayloadModel):
     """One reason a payload was refused, at the field it concerns."""

@@ -154,6 +154,7 @@ def _error_responses(*statuses: int) -> dict[str, Any]:
         401: "No or an invalid Home Assistant access token (answered by Home Assistant).",
         413: f"The body is larger than {MAX_BODY_BYTES} bytes.",
         415: "The content type is not `application/json`.",
+        503: "The ledger cannot record the report now (`ledger_unavailable`); send it again later.",
     }
     responses: dict[str, Any] = {}
     for status in statuses:
@@ -254,10 +255,15 @@ def build_openapi() -> dict[str, Any]:
         ApiPath.IOT_ENERGY_REPORT.value: {
             "post": {
                 "operationId": "postEnergyReport",
-                "summary": "A completed transfer, accepted exactly once",
+                "summary": "A completed transfer, minted exactly once",
                 "description": (
-                    "The first report with a given `report_id` is stored and announced on "
-                    "the Home Assistant bus (`peergrid_energy_report`); the same id again is "
+                    "The report must match a transfer the grid ran between the same two nodes "
+                    "that no other report minted, with the energy the grid measured leaving the "
+                    "sender (within 5 % or 1 Wh); otherwise it is refused with 400 naming the "
+                    "field and changes nothing. The first report with a given `report_id` mints "
+                    "the energy tokens and the carbon credit, creates a sell order, and is "
+                    "announced as an `energy_mint` event and on the Home Assistant bus "
+                    "(`peergrid_energy_mint`, `peergrid_energy_report`); the same id again is "
                     "answered `accepted: false, duplicate: true` and changes nothing."
                 ),
                 "requestBody": {
@@ -266,10 +272,11 @@ def build_openapi() -> dict[str, Any]:
                 },
                 "responses": {
                     "200": {
-                        "description": "Stored now, or already stored before.",
+                        "description": "Minted now, or already minted before.",
                         "content": _json_content(response(ReportAccepted)),
                     },
                     **post_errors,
+                    **_error_responses(503),
                 },
             }
         },

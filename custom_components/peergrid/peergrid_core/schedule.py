@@ -23,6 +23,15 @@ from .events import GridSummary, ScheduleCommand, ScheduleData, SchedulerAction
 __all__ = ["grid_summary", "plan_to_schedule", "schedule_commands"]
 
 
+def soc_spread(nodes: Sequence[NodeSoc]) -> float | None:
+    """Highest minus lowest SoC of ``nodes`` in percent; None without nodes.
+
+    Unlike :func:`grid_summary` this has no node-count limit: a grid may
+    hold more nodes than one gateway's payload describes.
+    """
+    return max(n.soc_pct for n in nodes) - min(n.soc_pct for n in nodes) if nodes else None
+
+
 def grid_summary(nodes: Sequence[NodeSoc]) -> GridSummary:
     """Count, mean SoC and SoC spread (max - min) of ``nodes``.
 
@@ -34,7 +43,7 @@ def grid_summary(nodes: Sequence[NodeSoc]) -> GridSummary:
     socs = [node.soc_pct for node in nodes]
     # The mean of values in 0-100 stays in 0-100; min() guards float rounding.
     avg = min(100.0, sum(socs) / len(socs))
-    return GridSummary(node_count=len(nodes), avg_soc=avg, soc_spread=max(socs) - min(socs))
+    return GridSummary(node_count=len(nodes), avg_soc=avg, soc_spread=soc_spread(nodes))
 
 
 def schedule_commands(
