@@ -35,6 +35,7 @@ typecheck: $(STAMP) ## mypy strict on the core, the integration and the edge gat
 	$(VENV)/bin/mypy -p peergrid_core
 	$(VENV)/bin/mypy -p custom_components.peergrid
 	$(VENV)/bin/mypy -p edge
+	$(VENV)/bin/mypy -p demo
 
 pytest: $(STAMP) ## the test suite with coverage gates
 	@rm -f .coverage .coverage.*
@@ -43,8 +44,8 @@ pytest: $(STAMP) ## the test suite with coverage gates
 
 test: lint typecheck pytest ## every gate: lint, types, tests (what CI runs)
 
-demo: $(STAMP) ## the main job: a live demo grid
-	$(PY) -m peergrid_core.sim
+demo: $(STAMP) ## the main job: a live grid in Home Assistant (ARGS="--port 8124" etc.)
+	$(PY) -m demo $(ARGS)
 
 bench: $(STAMP) ## quick benchmarks (add ARGS=--full for the long run)
 	$(PY) -m bench $(ARGS)
