@@ -7,7 +7,9 @@ MAC, JSON and sequence, applies the command and signs the ack, and the client
 verifies it. The command is a lease renewal of an active SUPPLY
 (``cmd SUPPLY lease_s=30``), which moves no relay, so the figure is the
 protocol's cost and not the 100 ms break-before-make dead time of a mode
-change.
+change. ``*_vs_echo`` divides by a raw asyncio TCP line echo timed in the
+same run (``bench/_baselines.py``): the floor of any request and reply over
+loopback in Python.
 
 Run alone: ``.venv/bin/python -m bench.protocol_roundtrip [--count N]``, or
 through ``python -m bench``.
@@ -22,6 +24,8 @@ import time
 
 from peergrid_core.protocol import Mode, NodeClient
 from peergrid_core.sim.grid import NodeSpec, SimulatedGrid
+
+from ._baselines import EchoStack, command_body
 
 COMMANDS = {
     "renew": "cmd SUPPLY lease_s=30, renewing an active SUPPLY (node sampling every 20 ms)",
@@ -56,6 +60,18 @@ async def _time(count: int, mode: Mode, client: NodeClient) -> list[float]:
     return samples
 
 
+async def _echo(count: int) -> list[float]:
+    samples: list[float] = []
+    async with EchoStack() as echo:
+        for sequence in range(20):
+            await echo.call(command_body(sequence))
+        for sequence in range(count):
+            started = time.perf_counter()
+            await echo.call(command_body(sequence))
+            samples.append((time.perf_counter() - started) * 1000)
+    return samples
+
+
 async def measure(count: int) -> dict[str, float]:
     """Time ``count`` round trips of each command; milliseconds (p50, p99, mean, max)."""
     spec = NodeSpec(uid="BENCH_NODE", key="bench-roundtrip-key-01", soc_percent=80)
@@ -64,15 +80,21 @@ async def measure(count: int) -> dict[str, float]:
         async with NodeClient(host, port, spec.key.encode() if spec.key else None) as client:
             renew = await _time(count, Mode.SUPPLY, client)
             idle = await _time(count, Mode.IDLE, client)
+    echo = await _echo(count)
     result = {"count": float(count)}
-    for name, samples in (("renew", renew), ("idle", idle)):
+    for name, samples in (("renew", renew), ("idle", idle), ("echo", echo)):
         result |= {f"{name}_{metric}": value for metric, value in _summary(samples).items()}
+    for name in ("renew", "idle"):
+        for metric in ("p50_ms", "p99_ms"):
+            result[f"{name}_{metric}_vs_echo"] = (
+                result[f"{name}_{metric}"] / result[f"echo_{metric}"]
+            )
     return result
 
 
-async def run(full: bool) -> dict[str, float]:
+async def run(full: bool, *, smoke: bool = False) -> dict[str, float]:
     """Entry point for ``python -m bench``: 1000 round trips, 10000 with ``--full``."""
-    return await measure(10_000 if full else 1_000)
+    return await measure(20 if smoke else 10_000 if full else 1_000)
 
 
 def main() -> None:
