@@ -20,9 +20,8 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 from datetime import datetime, timedelta
-from decimal import ROUND_DOWN, Decimal
+from decimal import Decimal
 from typing import Any, Final
-import uuid
 
 from homeassistant.const import EVENT_HOMEASSISTANT_STARTED
 from homeassistant.core import CALLBACK_TYPE, CoreState, Event, HomeAssistant, callback
@@ -46,6 +45,7 @@ from .peergrid_core.ledger import (
     TransferEvidence,
     price_per_kwh,
 )
+from .peergrid_core.ledger.settlement import evidence_for_record, report_for_record
 from .peergrid_core.payloads import EnergyReport
 from .peergrid_core.tokens import KWH_MIN
 from .peergrid_core.transfer import TransferRecord
@@ -53,8 +53,6 @@ from .peergrid_core.transfer import TransferRecord
 DATA_LEDGER: HassKey[PeerGridLedger] = HassKey(f"{DOMAIN}_ledger")
 LEDGER_FILE: Final = "peergrid_ledger.db"
 """The embedded ledger's SQLite file, in Home Assistant's configuration folder."""
-GRID_REPORTER_ID: Final = "peergrid-grid"
-"""``device_id`` of the reports the grid writes for its own transfers."""
 EVENT_ENERGY_MINT: Final = "peergrid_energy_mint"
 REWARD_INTERVAL: Final = timedelta(minutes=15)
 """How often DePIN rewards are brought up to date (each payment is idempotent)."""
@@ -161,11 +159,9 @@ class PeerGridLedger:
 
     def market_state(self) -> MarketState:
         """Donors (SoC at or above the high threshold) and receivers (at or below low) online now."""
-        thresholds = self._grid.thresholds
-        online = [node for node in self._grid.node_socs() if node.online]
-        return MarketState(
-            donors=sum(node.soc_pct >= thresholds.soc_high for node in online),
-            receivers=sum(node.soc_pct <= thresholds.soc_low for node in online),
+        return MarketState.from_soc(
+            (node.soc_pct for node in self._grid.node_socs() if node.online),
+            self._grid.thresholds,
         )
 
     def price_now(self, quality_factor: Decimal = Decimal(1)) -> Decimal:
@@ -209,7 +205,7 @@ class PeerGridLedger:
             if mint.report_id == report.report_id:
                 for record in between:
                     if record.transfer_id == mint.transfer_id:
-                        return _evidence(record)
+                        return evidence_for_record(record)
         minted = {mint.transfer_id for mint in mints}
         claimed_wh = float(report.kwh_transferred) * 1000
         # Transfers already minted stay candidates of last resort, so that a
@@ -219,7 +215,7 @@ class PeerGridLedger:
         if not candidates:
             return None
         best = min(candidates, key=lambda record: abs(record.wh_out - claimed_wh))
-        return _evidence(best)
+        return evidence_for_record(best)
 
     def _announce(self, outcome: ReportOutcome) -> None:
         event = EnergyMintEvent(data=outcome.event)
@@ -298,37 +294,3 @@ class PeerGridLedger:
     async def async_pay_rewards(self) -> None:
         """Pay what the gateways have earned now (also runs every :data:`REWARD_INTERVAL`)."""
         await self._async_pay_rewards()
-
-
-def _evidence(record: TransferRecord) -> TransferEvidence:
-    return TransferEvidence(
-        transfer_id=record.transfer_id,
-        sender=record.sender,
-        receiver=record.receiver,
-        wh_out=record.wh_out,
-        wh_in=record.wh_in,
-        started_at=record.started_at,
-        ended_at=record.ended_at or max(dt_util.utcnow(), record.started_at),
-        discharge_commanded=True,
-    )
-
-
-def report_for_record(record: TransferRecord) -> EnergyReport:
-    """The energy report the grid writes for one of its own ended transfers.
-
-    Built only from the stored record, so it is the same report after a
-    restart; the transfer id (a UUID) is its report id.
-    """
-    ended = record.ended_at or record.started_at
-    duration = max((ended - record.started_at).total_seconds(), 0.001)
-    kwh = (Decimal(repr(record.wh_out)) / 1000).quantize(Decimal("0.000001"), rounding=ROUND_DOWN)
-    return EnergyReport(
-        device_id=GRID_REPORTER_ID,
-        sender_uid=record.sender,
-        receiver_uid=record.receiver,
-        kwh_transferred=kwh,
-        duration_seconds=round(duration, 3),
-        avg_voltage=round(record.avg_voltage_v or 0.0, 3),
-        avg_current=round(abs(record.avg_current_a or 0.0), 3),
-        report_id=str(uuid.UUID(hex=record.transfer_id)),
-    )
